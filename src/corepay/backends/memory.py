@@ -1,0 +1,282 @@
+"""In-memory bus and twin store, for tests, demos and notebooks.
+
+They are real implementations with the semantics of Kafka and Couchbase, not shortcuts:
+messages are partitioned by key hash, consumer groups split partitions with Kafka's range
+assignment (so co-partitioned topics go to the same member), polled-but-uncommitted messages
+are redelivered after a member leaves, a commit for a partition the member lost fails, twins are
+stored serialized, and a stale compare-and-swap raises :class:`~corepay.errors.ConflictError`.
+Both are thread-safe and live only as long as the process.
+
+URL: ``memory://`` (options: ``?partitions=N`` for the bus, default 4).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+
+from corepay.bus import Bus, Consumer, Delivery, Message, TopicPartition
+from corepay.errors import CommitFailedError, ConfigurationError, ConflictError
+from corepay.models import Twin
+from corepay.store import TwinStore
+from corepay.wire import decode_twin, encode_twin
+
+__all__ = ["MemoryBus", "MemoryTwinStore", "partition_for"]
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition a key lands in: stable across processes and runs (unlike ``hash``)."""
+    return zlib.crc32(key.encode()) % partitions
+
+
+class _Group:
+    def __init__(self) -> None:
+        self.members: list[MemoryConsumer] = []
+        self.committed: dict[TopicPartition, int] = {}
+
+
+class MemoryBus(Bus):
+    """A partitioned in-process bus with Kafka's consumer-group semantics."""
+
+    def __init__(self, partitions: int = 4) -> None:
+        if partitions < 1:
+            raise ConfigurationError("partitions must be at least 1")
+        self.partitions = partitions
+        self._lock = threading.Condition(threading.RLock())
+        self._logs: dict[str, list[list[Message]]] = {}
+        self._published: dict[str, list[Message]] = {}
+        self._groups: dict[str, _Group] = {}
+        self._member_ids = itertools.count(1)
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, str]) -> MemoryBus:
+        unknown = set(options) - {"partitions"}
+        if unknown:
+            raise ConfigurationError(f"unknown memory bus option(s): {', '.join(sorted(unknown))}")
+        try:
+            return cls(partitions=int(options.get("partitions", "4")))
+        except ValueError:
+            raise ConfigurationError("memory bus option partitions must be an integer") from None
+
+    def _log(self, topic: str) -> list[list[Message]]:
+        log = self._logs.get(topic)
+        if log is None:
+            log = self._logs[topic] = [[] for _ in range(self.partitions)]
+            self._published[topic] = []
+            for group in self._groups.values():
+                if any(topic in m.topics for m in group.members):
+                    self._rebalance(group)
+        return log
+
+    def ensure_topics(self, topics: Sequence[str]) -> None:
+        with self._lock:
+            for topic in topics:
+                self._log(topic)
+
+    def publish(
+        self, topic: str, key: str, value: bytes, headers: Mapping[str, str] | None = None
+    ) -> Delivery:
+        if not isinstance(value, bytes):
+            raise TypeError(f"value must be bytes, not {type(value).__name__}")
+        with self._lock:
+            partition = partition_for(key, self.partitions)
+            log = self._log(topic)[partition]
+            message = Message(
+                topic=topic,
+                partition=partition,
+                offset=len(log),
+                key=key,
+                value=value,
+                headers=dict(headers or {}),
+                timestamp_ms=int(time.time() * 1000),
+            )
+            log.append(message)
+            self._published[topic].append(message)
+            self._lock.notify_all()
+            return Delivery(topic, partition, message.offset)
+
+    def consumer(self, group: str, topics: Sequence[str]) -> MemoryConsumer:
+        if not topics:
+            raise ConfigurationError("a consumer needs at least one topic")
+        with self._lock:
+            member = MemoryConsumer(self, group, f"{group}-{next(self._member_ids)}", topics)
+            state = self._groups.setdefault(group, _Group())
+            for topic in topics:
+                self._log(topic)
+            state.members.append(member)
+            self._rebalance(state)
+            return member
+
+    def messages(self, topic: str) -> list[Message]:
+        """Every message ever published to ``topic``, in publication order."""
+        with self._lock:
+            return list(self._published.get(topic, ()))
+
+    def topics(self) -> list[str]:
+        with self._lock:
+            return sorted(self._logs)
+
+    def committed(self, group: str) -> dict[TopicPartition, int]:
+        """The group's committed offsets (next offset to read, per partition)."""
+        with self._lock:
+            state = self._groups.get(group)
+            return dict(state.committed) if state else {}
+
+    def lag(self, group: str, topic: str) -> int:
+        """Messages of ``topic`` the group has not committed yet."""
+        with self._lock:
+            committed = self._groups[group].committed if group in self._groups else {}
+            return sum(
+                len(log) - committed.get(TopicPartition(topic, p), 0)
+                for p, log in enumerate(self._logs.get(topic, ()))
+            )
+
+    def _rebalance(self, group: _Group) -> None:
+        # Kafka's range assignor: per topic, partitions in contiguous ranges over the members
+        # sorted by id. Topics with equal partition counts get identical splits, which is what
+        # keeps co-partitioned topics on one member.
+        owners: dict[TopicPartition, MemoryConsumer] = {}
+        for topic in sorted({t for m in group.members for t in m.topics}):
+            members = sorted((m for m in group.members if topic in m.topics), key=_member_key)
+            per, extra = divmod(len(self._logs[topic]), len(members))
+            start = 0
+            for i, member in enumerate(members):
+                size = per + (1 if i < extra else 0)
+                for p in range(start, start + size):
+                    owners[TopicPartition(topic, p)] = member
+                start += size
+        for member in group.members:
+            mine = {tp for tp, owner in owners.items() if owner is member}
+            member._assign(mine, group.committed)
+
+    def _leave(self, member: MemoryConsumer) -> None:
+        with self._lock:
+            group = self._groups[member.group]
+            group.members.remove(member)
+            self._rebalance(group)
+
+
+def _member_key(member: MemoryConsumer) -> tuple[int, str]:
+    return (len(member.member_id), member.member_id)
+
+
+class MemoryConsumer(Consumer):
+    """A member of a consumer group on a :class:`MemoryBus`."""
+
+    def __init__(self, bus: MemoryBus, group: str, member_id: str, topics: Sequence[str]) -> None:
+        self._bus = bus
+        self.group = group
+        self.member_id = member_id
+        self.topics = tuple(topics)
+        self._positions: dict[TopicPartition, int] = {}
+        self._rotation = 0
+        self._closed = False
+
+    def _assign(
+        self, partitions: set[TopicPartition], committed: Mapping[TopicPartition, int]
+    ) -> None:
+        # Partitions kept stay at their position; newly owned ones start at the committed offset.
+        self._positions = {
+            tp: self._positions.get(tp, committed.get(tp, 0)) for tp in sorted(partitions)
+        }
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        with self._bus._lock:
+            return frozenset(self._positions)
+
+    def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Message]:
+        if self._closed:
+            raise RuntimeError("consumer is closed")
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._bus._lock:
+            while True:
+                batch = self._take(max_records)
+                remaining = deadline - time.monotonic()
+                if batch or remaining <= 0:
+                    return batch
+                self._bus._lock.wait(remaining)
+
+    def _take(self, max_records: int) -> list[Message]:
+        partitions = list(self._positions)
+        if not partitions:
+            return []
+        self._rotation = (self._rotation + 1) % len(partitions)
+        batch: list[Message] = []
+        for tp in partitions[self._rotation :] + partitions[: self._rotation]:
+            log = self._bus._logs[tp.topic][tp.partition]
+            position = self._positions[tp]
+            taken = log[position : position + max_records - len(batch)]
+            batch.extend(taken)
+            self._positions[tp] = position + len(taken)
+            if len(batch) >= max_records:
+                break
+        return batch
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        if self._closed:
+            raise RuntimeError("consumer is closed")
+        with self._bus._lock:
+            wanted = dict(self._positions if offsets is None else offsets)
+            lost = sorted(tp for tp in wanted if tp not in self._positions)
+            if lost:
+                raise CommitFailedError(
+                    f"{self.member_id} no longer owns {', '.join(f'{t}[{p}]' for t, p in lost)}"
+                    " after a rebalance; those messages go to the new owner"
+                )
+            committed = self._bus._groups[self.group].committed
+            for tp, offset in wanted.items():
+                committed[tp] = max(committed.get(tp, 0), offset)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._bus._leave(self)
+
+
+class MemoryTwinStore(TwinStore):
+    """Twins kept serialized in a dict, with compare-and-swap on the twin version."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._docs: dict[str, tuple[int, bytes]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, str]) -> MemoryTwinStore:
+        if options:
+            raise ConfigurationError(
+                f"unknown memory store option(s): {', '.join(sorted(options))}"
+            )
+        return cls()
+
+    def get(self, customer_id: str) -> Twin | None:
+        entry = self._docs.get(customer_id)
+        return None if entry is None else decode_twin(entry[1])
+
+    def compare_and_set(self, twin: Twin, *, expected_version: int | None) -> None:
+        doc = encode_twin(twin)
+        with self._lock:
+            current = self._docs.get(twin.customer_id)
+            found = None if current is None else current[0]
+            if found != expected_version:
+                raise ConflictError(
+                    f"twin {twin.customer_id!r} is at version {found}, "
+                    f"not the expected {expected_version}"
+                )
+            self._docs[twin.customer_id] = (twin.version, doc)
+
+    def __len__(self) -> int:
+        return len(self._docs)
+
+    def __iter__(self) -> Iterator[Twin]:
+        """Every twin, in customer-id order."""
+        with self._lock:
+            docs = sorted(self._docs.items())
+        return (decode_twin(doc) for _, (_, doc) in docs)
+
+    def size_bytes(self) -> int:
+        """Total size of the stored twin documents."""
+        with self._lock:
+            return sum(len(doc) for _, doc in self._docs.values())

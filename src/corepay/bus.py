@@ -1,0 +1,168 @@
+"""The message bus interface: keyed publish, consumer groups, explicit commits.
+
+Semantics every backend honours (the contract suite in ``tests/contract`` checks them):
+
+- A topic has a fixed number of partitions; a message goes to the partition its key hashes to,
+  so all messages with one key keep their order, and topics with the same partition count are
+  co-partitioned.
+- :meth:`Bus.publish` returns only once the bus has durably taken the message; if it cannot,
+  it raises :class:`~corepay.errors.UnavailableError` (or a timeout), and nothing was accepted.
+- Consumers in one group share a topic's partitions. Delivery is at least once: a message
+  polled but not committed is delivered again to the group after the consumer closes, crashes,
+  or loses the partition in a rebalance.
+- Offsets follow Kafka's convention: a committed offset is the *next* message to read.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import NamedTuple, Self
+
+import attrs
+
+__all__ = [
+    "ALL_TOPICS",
+    "DIVERGENCE_ALERT",
+    "LIVE_OUTCOME",
+    "RAW_TRANSACTIONS",
+    "SIMULATION_OUTCOME",
+    "Bus",
+    "Consumer",
+    "Delivery",
+    "Message",
+    "Record",
+    "TopicPartition",
+    "dead_letter_topic",
+]
+
+RAW_TRANSACTIONS = "raw_transactions"
+LIVE_OUTCOME = "live_outcome"
+SIMULATION_OUTCOME = "simulation_outcome"
+DIVERGENCE_ALERT = "divergence_alert"
+ALL_TOPICS = (RAW_TRANSACTIONS, LIVE_OUTCOME, SIMULATION_OUTCOME, DIVERGENCE_ALERT)
+
+
+def dead_letter_topic(topic: str) -> str:
+    """Where messages of ``topic`` that cannot be handled are parked, with the error."""
+    return f"{topic}.dlq"
+
+
+class TopicPartition(NamedTuple):
+    topic: str
+    partition: int
+
+
+@attrs.frozen
+class Record:
+    """A message to publish. ``key`` is the customer id on every CorePay topic."""
+
+    topic: str
+    key: str
+    value: bytes
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Delivery:
+    """Where the bus put a published message."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@attrs.frozen
+class Message:
+    """A message as a consumer receives it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str
+    value: bytes
+    headers: Mapping[str, str]
+    timestamp_ms: int
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+class Consumer(ABC):
+    """One member of a consumer group. Not thread-safe: use it from one thread."""
+
+    @abstractmethod
+    def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Message]:
+        """Return up to ``max_records`` messages, waiting up to ``timeout`` seconds for one."""
+
+    @abstractmethod
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        """Commit ``offsets`` (next offset to read, per partition); ``None``: all polled so far.
+
+        Raises:
+            CommitFailedError: a partition was reassigned to another member since it was polled.
+        """
+
+    @abstractmethod
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member currently owns."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Leave the group. Messages polled but not committed go back to the group."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Bus(ABC):
+    """A partitioned, keyed message bus (Kafka, or its in-memory equivalent)."""
+
+    @abstractmethod
+    def publish(
+        self, topic: str, key: str, value: bytes, headers: Mapping[str, str] | None = None
+    ) -> Delivery:
+        """Publish one message and wait until the bus has durably taken it.
+
+        Raises:
+            UnavailableError: the bus could not take it; nothing was published.
+            BackendTimeoutError: no acknowledgement in time; the message may or may not be there.
+        """
+
+    def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
+        """Publish several messages, returning once all are taken (backends batch this)."""
+        return [self.publish(r.topic, r.key, r.value, r.headers) for r in records]
+
+    @abstractmethod
+    def consumer(self, group: str, topics: Sequence[str]) -> Consumer:
+        """Join consumer group ``group``, subscribed to ``topics``."""
+
+    def ensure_topics(self, topics: Sequence[str]) -> None:  # noqa: B027 - optional hook
+        """Create the topics (with the bus's partition count) if they do not exist yet."""
+
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~corepay.errors.UnavailableError` if the bus cannot be reached."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections. The bus must not be used afterwards."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,73 @@
+"""The AI engine: every transaction decided by the live and the simulation path, concurrently."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+from corepay.models import Outcome, Transaction
+from corepay.paths import DecisionPath
+
+__all__ = ["Engine"]
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Runs both paths on a batch at the same time; one failing never costs the other's outcome.
+
+    The live path runs on a worker thread while the simulation path runs on the caller's, so a
+    slow gateway and a slow twin read overlap. A path that raises yields error outcomes
+    (decision ``REVIEW``, ``error`` set) for the whole batch instead of losing it.
+    """
+
+    def __init__(self, live: DecisionPath, simulation: DecisionPath) -> None:
+        self.live = live
+        self.simulation = simulation
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corepay-live")
+
+    def decide(
+        self, txns: Sequence[Transaction], ingested: Sequence[datetime | None] | None = None
+    ) -> tuple[list[Outcome], list[Outcome]]:
+        """The live and the simulation outcome of each transaction, in the given order."""
+        stamps = list(ingested) if ingested is not None else [None] * len(txns)
+        if len(stamps) != len(txns):
+            raise ValueError("ingested must have one entry per transaction")
+        if not txns:
+            return [], []
+        live = self._pool.submit(_run, self.live, txns, stamps)
+        simulation = _run(self.simulation, txns, stamps)
+        return live.result(), simulation
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _run(
+    path: DecisionPath, txns: Sequence[Transaction], ingested: Sequence[datetime | None]
+) -> list[Outcome]:
+    started = time.perf_counter()
+    try:
+        return path.decide_batch(txns, ingested)
+    except Exception:
+        # Deliberately broad: whatever broke, every transaction still gets this path's outcome.
+        log.exception("%s path failed on a batch of %d transactions", path.path.value, len(txns))
+        elapsed = (time.perf_counter() - started) * 1000.0 / len(txns)
+        code = f"{path.path.value.upper()}_PATH_ERROR"
+        return path.failed(txns, ingested, code, elapsed_ms=elapsed)

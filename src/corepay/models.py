@@ -1,0 +1,196 @@
+"""CorePay's domain types: what travels on the bus and what is stored.
+
+All are frozen attrs classes. Their JSON form (the wire format) lives in :mod:`corepay.wire`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from datetime import datetime
+from decimal import Decimal
+
+import attrs
+
+__all__ = [
+    "AlertKind",
+    "Decision",
+    "DivergenceAlert",
+    "HistoryEntry",
+    "Outcome",
+    "Path",
+    "Timings",
+    "Transaction",
+    "Twin",
+]
+
+
+class Decision(enum.StrEnum):
+    """What a path decided for a payment."""
+
+    APPROVE = "APPROVE"
+    DECLINE = "DECLINE"
+    REVIEW = "REVIEW"
+
+
+class Path(enum.StrEnum):
+    """Which of the two paths produced an outcome."""
+
+    LIVE = "live"
+    SIMULATION = "simulation"
+
+
+class AlertKind(enum.StrEnum):
+    """Why the detector raised a divergence alert."""
+
+    #: Both paths answered, with different decisions.
+    DECISION_MISMATCH = "DECISION_MISMATCH"
+    #: A path failed (gateway outage, twin service down...) and answered with an error.
+    PATH_ERROR = "PATH_ERROR"
+    #: The simulation outcome arrived but the live one did not, within the pairing timeout.
+    MISSING_LIVE = "MISSING_LIVE"
+    #: The live outcome arrived but the simulation one did not, within the pairing timeout.
+    MISSING_SIMULATION = "MISSING_SIMULATION"
+
+
+@attrs.frozen
+class Transaction:
+    """A payment request, as validated by :func:`corepay.wire.parse_transaction`."""
+
+    transaction_id: str
+    customer_id: str
+    amount: Decimal
+    currency: str
+    merchant_id: str
+    merchant_category: str
+    country: str
+    channel: str
+    timestamp: datetime
+
+
+@attrs.frozen
+class Timings:
+    """When and how fast a path decided.
+
+    ``ingested_at`` is when the ingestion service put the transaction on the bus (``None`` when
+    the transaction came from a producer that does not stamp it); ``elapsed_ms`` is the path's
+    share of its batch's processing time; ``gateway_ms`` is the gateway's answer time
+    (live path only).
+    """
+
+    decided_at: datetime
+    elapsed_ms: float
+    ingested_at: datetime | None = None
+    gateway_ms: float | None = None
+
+
+@attrs.frozen
+class Outcome:
+    """One path's decision on one transaction.
+
+    ``error`` is set when the path could not decide normally (gateway timeout, twin service
+    unavailable); the path still answers, so the transaction is never silently dropped.
+    ``twin_version`` is the version of the twin the simulation path read (0: no twin yet).
+    ``score`` is the model's risk score in [0, 1], ``None`` when the path failed before scoring.
+    """
+
+    transaction: Transaction
+    path: Path
+    decision: Decision
+    score: float | None
+    reasons: tuple[str, ...]
+    model_version: str
+    timings: Timings
+    twin_version: int | None = None
+    error: str | None = None
+
+    @property
+    def transaction_id(self) -> str:
+        return self.transaction.transaction_id
+
+    @property
+    def customer_id(self) -> str:
+        return self.transaction.customer_id
+
+
+@attrs.frozen
+class DivergenceAlert:
+    """The detector's verdict on a transaction whose two paths disagree (or did not both answer).
+
+    ``alert_id`` is derived from the transaction id, so a redelivered alert keeps its id and
+    consumers can drop duplicates.
+    """
+
+    alert_id: str
+    kind: AlertKind
+    transaction_id: str
+    customer_id: str
+    live: Outcome | None
+    simulation: Outcome | None
+    detected_at: datetime
+    detail: str
+
+
+@attrs.frozen
+class HistoryEntry:
+    """One of a twin's recent transactions, with the live decision it got."""
+
+    transaction_id: str
+    timestamp: datetime
+    amount: Decimal
+    merchant_id: str
+    country: str
+    channel: str
+    decision: Decision
+
+
+@attrs.frozen
+class Twin:
+    """A customer's digital twin: profile, running statistics and bounded recent history.
+
+    Statistics are exact: amounts are summed as decimals, so the mean and variance do not
+    depend on the order outcomes were applied in. ``applied`` holds the ids of the most recent
+    transactions applied (bounded), which makes applying a redelivered outcome a no-op.
+    ``version`` increases by one with every stored change; the store's compare-and-swap uses it.
+    """
+
+    customer_id: str
+    version: int
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+    amount_sum: Decimal
+    amount_sumsq: Decimal
+    amount_min: Decimal
+    amount_max: Decimal
+    approvals: int
+    declines: int
+    reviews: int
+    merchants: Mapping[str, int]
+    countries: Mapping[str, int]
+    channels: Mapping[str, int]
+    history: tuple[HistoryEntry, ...]
+    applied: tuple[str, ...]
+
+    @property
+    def amount_mean(self) -> Decimal:
+        return self.amount_sum / self.count if self.count else Decimal(0)
+
+    @property
+    def amount_variance(self) -> Decimal:
+        """Population variance of the amounts seen."""
+        if not self.count:
+            return Decimal(0)
+        mean = self.amount_mean
+        return max(self.amount_sumsq / self.count - mean * mean, Decimal(0))
+
+    @property
+    def decline_rate(self) -> float:
+        return self.declines / self.count if self.count else 0.0
+
+    @property
+    def home_country(self) -> str | None:
+        """The country the customer pays from most often (ties: alphabetical)."""
+        if not self.countries:
+            return None
+        return min(self.countries, key=lambda c: (-self.countries[c], c))

@@ -1,0 +1,139 @@
+"""The whole data flow in one process, over any bus and twin store.
+
+The four services are the same objects ``corepay serve`` runs, pumped in turn on this thread:
+ingestion -> engine -> twin -> detector. Pumping in a fixed order makes a run deterministic:
+the simulation path of a batch sees the twins as the previous batches left them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any, Self
+
+from corepay.backends.memory import MemoryBus, MemoryTwinStore
+from corepay.bus import ALL_TOPICS, Bus
+from corepay.divergence import DivergenceDetector, Pairing
+from corepay.engine import Engine
+from corepay.gateway import PaymentGateway, SimulatedGateway
+from corepay.ingest import Accepted, Ingestor
+from corepay.metrics import LatencyRecorder
+from corepay.paths import LivePath, SimulationPath
+from corepay.services.detector import DetectorService
+from corepay.services.engine import EngineService
+from corepay.services.twin import TwinService
+from corepay.store import TwinStore
+from corepay.twin_client import StoreTwinClient
+
+__all__ = ["Pipeline"]
+
+
+class Pipeline:
+    """Ingestion, engine, twin service and divergence detector wired on one bus and store.
+
+    Args:
+        bus: defaults to a new :class:`MemoryBus`.
+        store: defaults to a new :class:`MemoryTwinStore`.
+        gateway: the live path's gateway; defaults to ``SimulatedGateway(seed)``.
+        seed: seed of the default gateway.
+        batch_size: most messages each service handles per step.
+        pairing_timeout: seconds the detector waits for the second outcome of a pair.
+        max_pending: most half-pairs the detector holds.
+        on_pairing: called with every resolved transaction (both outcomes and any alert).
+        clock: epoch seconds, for ingestion stamps, decisions and the pairing timeout.
+    """
+
+    def __init__(
+        self,
+        bus: Bus | None = None,
+        store: TwinStore | None = None,
+        *,
+        gateway: PaymentGateway | None = None,
+        seed: int = 0,
+        batch_size: int = 500,
+        pairing_timeout: float = 30.0,
+        max_pending: int = 100_000,
+        on_pairing: Callable[[Pairing], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bus = bus if bus is not None else MemoryBus()
+        self.store = store if store is not None else MemoryTwinStore()
+        self.bus.ensure_topics(ALL_TOPICS)
+        self._on_pairing = on_pairing
+        self.ingestor = Ingestor(self.bus, clock=clock)
+        self.engine = Engine(
+            LivePath(gateway or SimulatedGateway(seed), clock=clock),
+            SimulationPath(StoreTwinClient(self.store), clock=clock),
+        )
+        self.detector = DivergenceDetector(timeout=pairing_timeout, max_pending=max_pending)
+        self.services = (
+            EngineService(self.bus, self.engine, max_records=batch_size),
+            TwinService(self.bus, self.store, max_records=batch_size),
+            DetectorService(
+                self.bus,
+                self.detector,
+                on_pairing=self._record,
+                clock=clock,
+                max_records=2 * batch_size,
+            ),
+        )
+        self.decisions: dict[str, Counter[str]] = {"live": Counter(), "simulation": Counter()}
+        self.alerts: Counter[str] = Counter()
+        self.latency = LatencyRecorder()
+        self.submitted = 0
+
+    def _record(self, pairing: Pairing) -> None:
+        stamps = []
+        for outcome in (pairing.live, pairing.simulation):
+            if outcome is not None:
+                self.decisions[outcome.path.value][outcome.decision.value] += 1
+                if outcome.timings.ingested_at is not None:
+                    stamps.append(outcome.timings.ingested_at.timestamp())
+        if pairing.alert is not None:
+            self.alerts[pairing.alert.kind.value] += 1
+        if stamps:
+            self.latency.add((pairing.resolved_at - min(stamps)) * 1000.0)
+        if self._on_pairing is not None:
+            self._on_pairing(pairing)
+
+    @property
+    def twin_service(self) -> TwinService:
+        service = self.services[1]
+        assert isinstance(service, TwinService)
+        return service
+
+    def submit(self, payload: Any) -> Accepted:
+        """Validate a payment request and put it on the bus (see :class:`Ingestor`)."""
+        accepted = self.ingestor.submit(payload)
+        self.submitted += 1
+        return accepted
+
+    def submit_many(self, payloads: Iterable[Any]) -> list[Accepted]:
+        return [self.submit(p) for p in payloads]
+
+    def step(self) -> int:
+        """Let each service handle what is waiting for it, once. Returns messages handled."""
+        return sum(service.poll_once(timeout=0.0) for service in self.services)
+
+    def drain(self) -> None:
+        """Step until no service has anything left to handle."""
+        while self.step():
+            pass
+
+    def close(self) -> None:
+        for service in self.services:
+            service.close()
+        self.engine.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,57 @@
+"""The engine service: ``raw_transactions`` in, ``live_outcome`` and ``simulation_outcome`` out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from corepay.bus import LIVE_OUTCOME, RAW_TRANSACTIONS, SIMULATION_OUTCOME, Bus, Message, Record
+from corepay.engine import Engine
+from corepay.errors import DecodeError
+from corepay.ingest import INGESTED_AT_HEADER
+from corepay.models import Transaction
+from corepay.services.runner import ConsumerService, Handled, dead_letter
+from corepay.wire import decode_transaction, encode_outcome
+
+__all__ = ["EngineService"]
+
+
+def _ingested_at(message: Message) -> datetime | None:
+    stamp = message.headers.get(INGESTED_AT_HEADER)
+    try:
+        return None if stamp is None else datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+
+
+class EngineService(ConsumerService):
+    """Decides each transaction on both paths and publishes both outcomes.
+
+    A value that is not a valid transaction (any Kafka client can produce to
+    ``raw_transactions``) goes to ``raw_transactions.dlq`` with the reason.
+    """
+
+    group = "corepay-engine"
+    topics = (RAW_TRANSACTIONS,)
+
+    def __init__(self, bus: Bus, engine: Engine, **kwargs: object) -> None:
+        super().__init__(bus, **kwargs)  # type: ignore[arg-type]
+        self.engine = engine
+
+    def handle(self, messages: Sequence[Message]) -> Handled:
+        records: list[Record] = []
+        txns: list[Transaction] = []
+        stamps: list[datetime | None] = []
+        for message in messages:
+            try:
+                txns.append(decode_transaction(message.value))
+            except DecodeError as exc:
+                records.append(dead_letter(message, str(exc)))
+                continue
+            stamps.append(_ingested_at(message))
+        live, simulation = self.engine.decide(txns, stamps)
+        for outcome in live:
+            records.append(Record(LIVE_OUTCOME, outcome.customer_id, encode_outcome(outcome)))
+        for outcome in simulation:
+            records.append(Record(SIMULATION_OUTCOME, outcome.customer_id, encode_outcome(outcome)))
+        return Handled(records)

@@ -1,0 +1,128 @@
+"""The loop every consumer service runs: poll, handle, publish, commit."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from corepay.bus import Bus, Message, Record, TopicPartition, dead_letter_topic
+from corepay.errors import BackendError, CommitFailedError
+
+__all__ = ["ConsumerService", "Handled", "dead_letter"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Handled:
+    """What handling a batch produced: messages to publish, and what may be committed.
+
+    ``commit`` is ``None`` to commit everything polled, or the offsets that are safe (a
+    service holding state for some messages commits only up to the oldest it still needs).
+    """
+
+    records: list[Record] = attrs.field(factory=list)
+    commit: Mapping[TopicPartition, int] | None = None
+
+
+def dead_letter(message: Message, error: str) -> Record:
+    """A record parking ``message`` on its topic's dead-letter topic, with why and where from."""
+    return Record(
+        topic=dead_letter_topic(message.topic),
+        key=message.key,
+        value=message.value,
+        headers={
+            **message.headers,
+            "corepay-error": error[:1000],
+            "corepay-source-topic": message.topic,
+            "corepay-source-partition": str(message.partition),
+            "corepay-source-offset": str(message.offset),
+        },
+    )
+
+
+class ConsumerService(ABC):
+    """A consumer-group member that turns batches of messages into published messages.
+
+    A batch is committed only after what it produced is on the bus. If handling or publishing
+    fails with a backend error (store or bus down), the same batch is retried with backoff
+    before anything new is polled, so nothing is skipped; a batch that keeps failing for any
+    other reason goes to the dead-letter topic after ``max_attempts`` tries, never dropped.
+    """
+
+    #: The consumer group; all instances of a service share it and split the partitions.
+    group: str
+    topics: tuple[str, ...]
+    max_attempts = 3
+
+    def __init__(self, bus: Bus, *, group: str | None = None, max_records: int = 500) -> None:
+        self.bus = bus
+        self.group = group or self.group
+        self.max_records = max_records
+        self.consumer = bus.consumer(self.group, self.topics)
+        self._inflight: list[Message] = []
+        self._attempts = 0
+        self._backoff = 0.0
+        self.processed = 0
+
+    @abstractmethod
+    def handle(self, messages: Sequence[Message]) -> Handled:
+        """Handle a batch (possibly empty: services with timers act on time passing)."""
+
+    def poll_once(self, timeout: float = 0.5) -> int:
+        """Poll (or retry the batch in hand), handle, publish, commit. Returns messages handled."""
+        if self._inflight:
+            time.sleep(self._backoff)
+            messages = self._inflight
+        else:
+            messages = self.consumer.poll(self.max_records, timeout)
+        try:
+            handled = self.handle(messages)
+            self.bus.publish_many(handled.records)
+        except BackendError as exc:
+            self._retry_later(messages, exc)
+            return 0
+        except Exception as exc:
+            self._attempts = attempts = self._attempts + 1
+            if attempts < self.max_attempts:
+                log.exception("%s: batch failed (attempt %d)", self.group, attempts)
+                self._retry_later(messages, exc)
+                return 0
+            log.exception(
+                "%s: batch failed %d times; dead-lettering it", self.group, self._attempts
+            )
+            handled = Handled([dead_letter(m, f"{type(exc).__name__}: {exc}") for m in messages])
+            self.bus.publish_many(handled.records)
+        self._inflight, self._attempts, self._backoff = [], 0, 0.0
+        self._commit(handled.commit)
+        self.processed += len(messages)
+        return len(messages)
+
+    def _retry_later(self, messages: list[Message], exc: Exception) -> None:
+        self._inflight = messages
+        self._backoff = min(max(self._backoff * 2, 0.05), 5.0)
+        log.warning(
+            "%s: %s; retrying %d messages in %.2f s", self.group, exc, len(messages), self._backoff
+        )
+
+    def _commit(self, offsets: Mapping[TopicPartition, int] | None) -> None:
+        try:
+            self.consumer.commit(offsets)
+        except CommitFailedError as exc:
+            log.warning("%s: %s", self.group, exc)
+
+    def run(self, stop: threading.Event, *, timeout: float = 0.5) -> None:
+        """Poll until ``stop`` is set, then finish the batch in hand, commit and leave."""
+        try:
+            while not stop.is_set():
+                self.poll_once(timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.consumer.close()

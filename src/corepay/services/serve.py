@@ -1,0 +1,126 @@
+"""Service entrypoints: settings -> backends -> core object -> run loop. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from flask import Flask
+from werkzeug.serving import make_server
+
+from corepay.backends import open_bus, open_store
+from corepay.bus import ALL_TOPICS
+from corepay.divergence import DivergenceDetector
+from corepay.engine import Engine
+from corepay.errors import ConfigurationError
+from corepay.gateway import SimulatedGateway
+from corepay.paths import LivePath, SimulationPath
+from corepay.services.detector import DetectorService
+from corepay.services.engine import EngineService
+from corepay.services.ingestion import create_app
+from corepay.services.twin import TwinService, create_twin_app
+from corepay.settings import Settings
+from corepay.twin_client import HttpTwinClient
+
+__all__ = ["DEFAULT_PORTS", "SERVICES", "serve"]
+
+log = logging.getLogger("corepay.serve")
+
+#: HTTP port of each service that has an HTTP API, unless ``--port`` says otherwise.
+DEFAULT_PORTS = {"ingestion": 8080, "twin": 8081}
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s; finishing the batch in hand", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _serve_http(app: Flask, host: str, port: int, stop: threading.Event) -> None:
+    server = make_server(host, port, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="corepay-http", daemon=True)
+    thread.start()
+    log.info("%s listening on http://%s:%d", app.name, host, server.server_port)
+    stop.wait()
+    server.shutdown()
+    thread.join()
+
+
+def _ingestion(settings: Settings, stop: threading.Event) -> None:
+    bus = open_bus(settings.bus_url)
+    bus.ensure_topics(ALL_TOPICS)
+    with bus:
+        app = create_app(settings, bus=bus)
+        _serve_http(app, settings.host, settings.port or DEFAULT_PORTS["ingestion"], stop)
+
+
+def _engine(settings: Settings, stop: threading.Event) -> None:
+    if not settings.twin_url:
+        raise ConfigurationError(
+            "the engine reads twins from the twin service: give --twin-url or COREPAY_TWIN_URL"
+            " (for example http://127.0.0.1:8081)"
+        )
+    bus = open_bus(settings.bus_url)
+    bus.ensure_topics(ALL_TOPICS)
+    twins = HttpTwinClient(settings.twin_url)
+    engine = Engine(LivePath(SimulatedGateway(settings.gateway_seed)), SimulationPath(twins))
+    with bus, engine:
+        EngineService(bus, engine, max_records=settings.batch_size).run(stop)
+    twins.close()
+
+
+def _twin(settings: Settings, stop: threading.Event) -> None:
+    bus = open_bus(settings.bus_url)
+    bus.ensure_topics(ALL_TOPICS)
+    with bus, open_store(settings.store_url) as store:
+        service = TwinService(bus, store, max_records=settings.batch_size)
+        worker = threading.Thread(target=service.run, args=(stop,), name="corepay-twin-updater")
+        worker.start()
+        try:
+            _serve_http(
+                create_twin_app(store), settings.host, settings.port or DEFAULT_PORTS["twin"], stop
+            )
+        finally:
+            stop.set()
+            worker.join()
+
+
+def _detector(settings: Settings, stop: threading.Event) -> None:
+    bus = open_bus(settings.bus_url)
+    bus.ensure_topics(ALL_TOPICS)
+    detector = DivergenceDetector(
+        timeout=settings.pairing_timeout, max_pending=settings.max_pending
+    )
+    with bus:
+        DetectorService(bus, detector, max_records=settings.batch_size).run(stop)
+
+
+SERVICES: dict[str, Callable[[Settings, threading.Event], None]] = {
+    "ingestion": _ingestion,
+    "engine": _engine,
+    "twin": _twin,
+    "detector": _detector,
+}
+
+
+def serve(service: str, settings: Settings) -> None:
+    """Run one service until SIGTERM or SIGINT.
+
+    Raises:
+        ConfigurationError: unknown service, or settings it cannot run with.
+    """
+    run = SERVICES.get(service)
+    if run is None:
+        raise ConfigurationError(
+            f"unknown service {service!r}; choose one of {', '.join(SERVICES)}"
+        )
+    run(settings, _stop_on_signals())

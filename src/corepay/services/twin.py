@@ -1,0 +1,124 @@
+"""The digital twin service: applies live outcomes to twins, and serves twins over HTTP.
+
+Updates are a compare-and-swap loop: read the twin, apply the outcomes (a pure function), store
+it if nobody wrote in between, otherwise read again. Applying an outcome twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+from flask import Flask, Response, jsonify, request
+
+from corepay.bus import LIVE_OUTCOME, Bus, Message, Record
+from corepay.errors import ConflictError, DecodeError
+from corepay.models import Outcome
+from corepay.services.runner import ConsumerService, Handled, dead_letter
+from corepay.store import TwinStore
+from corepay.twin import TwinPolicy, apply_outcomes
+from corepay.wire import decode_outcome, twin_to_wire
+
+__all__ = ["TwinService", "create_twin_app", "update_twin"]
+
+log = logging.getLogger(__name__)
+
+
+def update_twin(
+    store: TwinStore,
+    customer_id: str,
+    outcomes: Sequence[Outcome],
+    *,
+    policy: TwinPolicy = TwinPolicy(),
+    max_attempts: int = 10,
+) -> tuple[bool, int]:
+    """Apply one customer's live outcomes to their twin with compare-and-swap.
+
+    Returns whether the twin changed, and how many conflicts were retried.
+
+    Raises:
+        ConflictError: still conflicting after ``max_attempts`` reads.
+    """
+    for attempt in range(max_attempts):
+        current = store.get(customer_id)
+        updated = apply_outcomes(current, outcomes, policy)
+        if updated is current or updated is None:
+            return False, attempt
+        try:
+            store.compare_and_set(
+                updated, expected_version=None if current is None else current.version
+            )
+        except ConflictError:
+            continue
+        return True, attempt
+    raise ConflictError(f"twin {customer_id!r} kept changing under {max_attempts} update attempts")
+
+
+class TwinService(ConsumerService):
+    """Consumes ``live_outcome`` and keeps each customer's twin up to date."""
+
+    group = "corepay-twin"
+    topics = (LIVE_OUTCOME,)
+
+    def __init__(
+        self, bus: Bus, store: TwinStore, *, policy: TwinPolicy = TwinPolicy(), **kwargs: object
+    ) -> None:
+        super().__init__(bus, **kwargs)  # type: ignore[arg-type]
+        self.store = store
+        self.policy = policy
+        self.conflicts = 0
+        self.customers: set[str] = set()
+
+    def handle(self, messages: Sequence[Message]) -> Handled:
+        records: list[Record] = []
+        by_customer: dict[str, list[Outcome]] = defaultdict(list)
+        for message in messages:
+            try:
+                outcome = decode_outcome(message.value)
+                if outcome.path.value != "live":
+                    raise DecodeError(f"a {outcome.path.value} outcome on {LIVE_OUTCOME}")
+            except DecodeError as exc:
+                records.append(dead_letter(message, str(exc)))
+                continue
+            by_customer[outcome.customer_id].append(outcome)
+        for customer_id, outcomes in by_customer.items():
+            _, conflicts = update_twin(self.store, customer_id, outcomes, policy=self.policy)
+            self.conflicts += conflicts
+            self.customers.add(customer_id)
+        return Handled(records)
+
+
+def create_twin_app(store: TwinStore) -> Flask:
+    """The twin service's internal HTTP API.
+
+    - ``GET /v1/twins/<customer_id>``: the twin (404 when the customer has none).
+    - ``GET /v1/twins?customer_id=a&customer_id=b``: ``{"twins": [...]}`` for those that exist.
+    - ``GET /healthz``.
+    """
+    app = Flask("corepay.twin")
+
+    @app.get("/v1/twins/<customer_id>")
+    def get_twin(customer_id: str) -> tuple[Response, int]:
+        twin = store.get(customer_id)
+        if twin is None:
+            return jsonify(
+                {"error": "not_found", "message": f"no twin for customer {customer_id!r}"}
+            ), 404
+        return jsonify(twin_to_wire(twin)), 200
+
+    @app.get("/v1/twins")
+    def get_twins() -> tuple[Response, int]:
+        ids = request.args.getlist("customer_id")
+        if not ids or len(ids) > 1000:
+            return jsonify(
+                {"error": "bad_request", "message": "give 1 to 1000 customer_id parameters"}
+            ), 400
+        twins = store.get_many(ids)
+        return jsonify({"twins": [twin_to_wire(t) for t in twins.values()]}), 200
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        return jsonify({"status": "ok"}), 200
+
+    return app

@@ -1,0 +1,464 @@
+"""The wire format: validation of payment requests and the JSON form of every message.
+
+This is CorePay's stable contract (schema version 1, documented in the README). Everything here
+is pure: no I/O, no environment. Messages are compact UTF-8 JSON; amounts travel as decimal
+strings, times as RFC 3339 with an offset.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import pycountry
+
+from corepay.errors import DecodeError, FieldError, ValidationError
+from corepay.models import (
+    AlertKind,
+    Decision,
+    DivergenceAlert,
+    HistoryEntry,
+    Outcome,
+    Path,
+    Timings,
+    Transaction,
+    Twin,
+)
+
+__all__ = [
+    "CHANNELS",
+    "MAX_AMOUNT",
+    "SCHEMA_VERSION",
+    "TRANSACTION_FIELDS",
+    "alert_to_wire",
+    "decode_alert",
+    "decode_outcome",
+    "decode_transaction",
+    "decode_twin",
+    "encode_alert",
+    "encode_outcome",
+    "encode_transaction",
+    "encode_twin",
+    "outcome_to_wire",
+    "parse_json",
+    "parse_transaction",
+    "transaction_to_wire",
+    "twin_to_wire",
+]
+
+SCHEMA_VERSION = 1
+
+#: How a payment reached the merchant.
+CHANNELS = frozenset({"pos", "ecommerce", "atm", "moto", "recurring"})
+
+#: Largest accepted amount; with at most 4 decimal places, twin statistics stay exact.
+MAX_AMOUNT = Decimal("999999999999.9999")
+MAX_AMOUNT_PLACES = 4
+
+TRANSACTION_FIELDS = (
+    "transaction_id",
+    "customer_id",
+    "amount",
+    "currency",
+    "merchant_id",
+    "merchant_category",
+    "country",
+    "channel",
+    "timestamp",
+)
+_OPTIONAL_FIELDS = ("schema_version",)
+
+_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+_MCC = re.compile(r"[0-9]{4}")
+_RFC3339 = re.compile(
+    r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
+)
+_CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
+_COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
+
+
+def parse_json(body: bytes | str) -> Any:
+    """Parse a JSON document keeping every number with a fraction as a :class:`Decimal`.
+
+    Raises:
+        ValidationError: the body is not JSON (the message says where it broke).
+    """
+    try:
+        return json.loads(body, parse_float=Decimal)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValidationError([FieldError("body", f"is not valid JSON: {exc}")]) from None
+
+
+def parse_transaction(data: Any) -> Transaction:
+    """Validate a payment request (the POST body, or a ``raw_transactions`` value).
+
+    Every field is checked and every failure reported, not just the first.
+
+    Raises:
+        ValidationError: with one :class:`FieldError` per invalid, missing or unknown field.
+    """
+    if not isinstance(data, Mapping):
+        raise ValidationError([FieldError("body", "must be a JSON object")])
+    errors: list[FieldError] = []
+    errors.extend(
+        FieldError(str(name), "is not a known field")
+        for name in data
+        if name not in TRANSACTION_FIELDS and name not in _OPTIONAL_FIELDS
+    )
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION or isinstance(version, bool):
+        errors.append(FieldError("schema_version", f"must be {SCHEMA_VERSION} when given"))
+    values: dict[str, Any] = {}
+    for name in TRANSACTION_FIELDS:
+        if name not in data or data[name] is None:
+            errors.append(FieldError(name, "is required"))
+            continue
+        try:
+            values[name] = _FIELD_RULES[name](data[name])
+        except ValueError as exc:
+            errors.append(FieldError(name, str(exc)))
+    if errors:
+        raise ValidationError(errors)
+    return Transaction(**values)
+
+
+def _identifier(value: Any) -> str:
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise ValueError("must be a string of 1-64 characters from A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def _amount(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal | float):
+        raise ValueError('must be a positive decimal, as a string ("12.50") or a number')
+    try:
+        amount = Decimal(value.strip()) if isinstance(value, str) else Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is not a decimal number") from None
+    if not amount.is_finite() or amount <= 0:
+        raise ValueError("must be a positive, finite decimal")
+    if amount > MAX_AMOUNT:
+        raise ValueError(f"must be at most {MAX_AMOUNT}")
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_AMOUNT_PLACES:
+        raise ValueError(f"must have at most {MAX_AMOUNT_PLACES} decimal places")
+    return amount
+
+
+def _currency(value: Any) -> str:
+    if not isinstance(value, str) or value not in _CURRENCIES:
+        raise ValueError('must be an ISO 4217 alpha-3 currency code in capitals, such as "EUR"')
+    return value
+
+
+def _mcc(value: Any) -> str:
+    if not isinstance(value, str) or not _MCC.fullmatch(value):
+        raise ValueError('must be a 4-digit merchant category code as a string, such as "5411"')
+    return value
+
+
+def _country(value: Any) -> str:
+    if not isinstance(value, str) or value not in _COUNTRIES:
+        raise ValueError('must be an ISO 3166-1 alpha-2 country code in capitals, such as "DE"')
+    return value
+
+
+def _channel(value: Any) -> str:
+    if not isinstance(value, str) or value not in CHANNELS:
+        raise ValueError(f"must be one of {', '.join(sorted(CHANNELS))}")
+    return value
+
+
+def _timestamp(value: Any) -> datetime:
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(
+            'must be an RFC 3339 date-time with an offset, such as "2026-11-24T09:30:00Z"'
+        )
+    date, time, fraction, offset = match.groups()
+    fraction = (fraction or "")[:7]  # Python keeps microseconds; finer digits are dropped.
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        return datetime.fromisoformat(f"{date}T{time}{fraction}{offset}")
+    except ValueError as exc:
+        raise ValueError(f"is not a valid date-time: {exc}") from None
+
+
+_FIELD_RULES: dict[str, Callable[[Any], Any]] = {
+    "transaction_id": _identifier,
+    "customer_id": _identifier,
+    "amount": _amount,
+    "currency": _currency,
+    "merchant_id": _identifier,
+    "merchant_category": _mcc,
+    "country": _country,
+    "channel": _channel,
+    "timestamp": _timestamp,
+}
+
+
+# --- encoding ------------------------------------------------------------------------------
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def transaction_to_wire(txn: Transaction) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "transaction_id": txn.transaction_id,
+        "customer_id": txn.customer_id,
+        "amount": str(txn.amount),
+        "currency": txn.currency,
+        "merchant_id": txn.merchant_id,
+        "merchant_category": txn.merchant_category,
+        "country": txn.country,
+        "channel": txn.channel,
+        "timestamp": txn.timestamp.isoformat(),
+    }
+
+
+def outcome_to_wire(outcome: Outcome) -> dict[str, Any]:
+    timings = outcome.timings
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "transaction_id": outcome.transaction_id,
+        "customer_id": outcome.customer_id,
+        "path": outcome.path.value,
+        "decision": outcome.decision.value,
+        "score": outcome.score,
+        "reasons": list(outcome.reasons),
+        "error": outcome.error,
+        "model_version": outcome.model_version,
+        "twin_version": outcome.twin_version,
+        "timings": {
+            "ingested_at": _time(timings.ingested_at),
+            "decided_at": _time(timings.decided_at),
+            "elapsed_ms": timings.elapsed_ms,
+            "gateway_ms": timings.gateway_ms,
+        },
+        "transaction": transaction_to_wire(outcome.transaction),
+    }
+
+
+def alert_to_wire(alert: DivergenceAlert) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "alert_id": alert.alert_id,
+        "kind": alert.kind.value,
+        "transaction_id": alert.transaction_id,
+        "customer_id": alert.customer_id,
+        "detail": alert.detail,
+        "detected_at": alert.detected_at.isoformat(),
+        "live": None if alert.live is None else outcome_to_wire(alert.live),
+        "simulation": None if alert.simulation is None else outcome_to_wire(alert.simulation),
+    }
+
+
+def twin_to_wire(twin: Twin) -> dict[str, Any]:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "customer_id": twin.customer_id,
+        "version": twin.version,
+        "first_seen": twin.first_seen.isoformat(),
+        "last_seen": twin.last_seen.isoformat(),
+        "count": twin.count,
+        "amount_sum": str(twin.amount_sum),
+        "amount_sumsq": str(twin.amount_sumsq),
+        "amount_min": str(twin.amount_min),
+        "amount_max": str(twin.amount_max),
+        "amount_mean": str(twin.amount_mean),
+        "approvals": twin.approvals,
+        "declines": twin.declines,
+        "reviews": twin.reviews,
+        "merchants": dict(twin.merchants),
+        "countries": dict(twin.countries),
+        "channels": dict(twin.channels),
+        "history": [
+            [
+                h.transaction_id,
+                h.timestamp.isoformat(),
+                str(h.amount),
+                h.merchant_id,
+                h.country,
+                h.channel,
+                h.decision.value,
+            ]
+            for h in twin.history
+        ],
+        "applied": list(twin.applied),
+    }
+
+
+def encode_transaction(txn: Transaction) -> bytes:
+    return _dumps(transaction_to_wire(txn))
+
+
+def encode_outcome(outcome: Outcome) -> bytes:
+    return _dumps(outcome_to_wire(outcome))
+
+
+def encode_alert(alert: DivergenceAlert) -> bytes:
+    return _dumps(alert_to_wire(alert))
+
+
+def encode_twin(twin: Twin) -> bytes:
+    return _dumps(twin_to_wire(twin))
+
+
+# --- decoding of CorePay's own messages --------------------------------------------------
+
+
+def _load(data: bytes | str | Mapping[str, Any], what: str) -> Mapping[str, Any]:
+    if isinstance(data, Mapping):
+        return data
+    try:
+        obj = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise DecodeError(f"{what} must be a JSON object, got {type(obj).__name__}")
+    if obj.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        raise DecodeError(f"{what} has unsupported schema_version {obj.get('schema_version')!r}")
+    return obj
+
+
+def _trusted_transaction(d: Mapping[str, Any]) -> Transaction:
+    # Embedded in CorePay's own messages, already validated at ingestion: no rule checks.
+    return Transaction(
+        transaction_id=d["transaction_id"],
+        customer_id=d["customer_id"],
+        amount=Decimal(d["amount"]),
+        currency=d["currency"],
+        merchant_id=d["merchant_id"],
+        merchant_category=d["merchant_category"],
+        country=d["country"],
+        channel=d["channel"],
+        timestamp=datetime.fromisoformat(d["timestamp"]),
+    )
+
+
+def _optional_time(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def decode_transaction(data: bytes | str) -> Transaction:
+    """Decode and validate a ``raw_transactions`` value (any producer may have written it).
+
+    Raises:
+        DecodeError: not JSON, or not a valid transaction (the message lists the fields).
+    """
+    try:
+        return parse_transaction(parse_json(data))
+    except ValidationError as exc:
+        raise DecodeError(f"invalid transaction: {exc}") from None
+
+
+def _outcome_from(d: Mapping[str, Any]) -> Outcome:
+    t = d["timings"]
+    return Outcome(
+        transaction=_trusted_transaction(d["transaction"]),
+        path=Path(d["path"]),
+        decision=Decision(d["decision"]),
+        score=None if d["score"] is None else float(d["score"]),
+        reasons=tuple(d["reasons"]),
+        model_version=d["model_version"],
+        twin_version=d.get("twin_version"),
+        error=d.get("error"),
+        timings=Timings(
+            decided_at=datetime.fromisoformat(t["decided_at"]),
+            elapsed_ms=float(t["elapsed_ms"]),
+            ingested_at=_optional_time(t.get("ingested_at")),
+            gateway_ms=t.get("gateway_ms"),
+        ),
+    )
+
+
+def _decoding(what: str, build: Callable[[Mapping[str, Any]], Any], data: Any) -> Any:
+    obj = _load(data, what)
+    try:
+        return build(obj)
+    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+        raise DecodeError(f"{what} is malformed: {type(exc).__name__}: {exc}") from None
+
+
+def decode_outcome(data: bytes | str | Mapping[str, Any]) -> Outcome:
+    """Decode a ``live_outcome`` or ``simulation_outcome`` value.
+
+    Raises:
+        DecodeError: not an outcome in this wire format.
+    """
+    return _decoding("outcome", _outcome_from, data)  # type: ignore[no-any-return]
+
+
+def _alert_from(d: Mapping[str, Any]) -> DivergenceAlert:
+    return DivergenceAlert(
+        alert_id=d["alert_id"],
+        kind=AlertKind(d["kind"]),
+        transaction_id=d["transaction_id"],
+        customer_id=d["customer_id"],
+        detail=d["detail"],
+        detected_at=datetime.fromisoformat(d["detected_at"]),
+        live=None if d.get("live") is None else _outcome_from(d["live"]),
+        simulation=None if d.get("simulation") is None else _outcome_from(d["simulation"]),
+    )
+
+
+def decode_alert(data: bytes | str | Mapping[str, Any]) -> DivergenceAlert:
+    """Decode a ``divergence_alert`` value.
+
+    Raises:
+        DecodeError: not an alert in this wire format.
+    """
+    return _decoding("alert", _alert_from, data)  # type: ignore[no-any-return]
+
+
+def _twin_from(d: Mapping[str, Any]) -> Twin:
+    return Twin(
+        customer_id=d["customer_id"],
+        version=int(d["version"]),
+        first_seen=datetime.fromisoformat(d["first_seen"]),
+        last_seen=datetime.fromisoformat(d["last_seen"]),
+        count=int(d["count"]),
+        amount_sum=Decimal(d["amount_sum"]),
+        amount_sumsq=Decimal(d["amount_sumsq"]),
+        amount_min=Decimal(d["amount_min"]),
+        amount_max=Decimal(d["amount_max"]),
+        approvals=int(d["approvals"]),
+        declines=int(d["declines"]),
+        reviews=int(d["reviews"]),
+        merchants=dict(d["merchants"]),
+        countries=dict(d["countries"]),
+        channels=dict(d["channels"]),
+        history=tuple(
+            HistoryEntry(
+                transaction_id=h[0],
+                timestamp=datetime.fromisoformat(h[1]),
+                amount=Decimal(h[2]),
+                merchant_id=h[3],
+                country=h[4],
+                channel=h[5],
+                decision=Decision(h[6]),
+            )
+            for h in d["history"]
+        ),
+        applied=tuple(d["applied"]),
+    )
+
+
+def decode_twin(data: bytes | str | Mapping[str, Any]) -> Twin:
+    """Decode a stored twin document.
+
+    Raises:
+        DecodeError: not a twin in this format.
+    """
+    return _decoding("twin", _twin_from, data)  # type: ignore[no-any-return]
