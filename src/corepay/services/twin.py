@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 from flask import Flask, Response, jsonify, request
 
 from corepay.bus import LIVE_OUTCOME, Bus, Message, Record
-from corepay.errors import ConflictError, DecodeError
+from corepay.errors import BackendError, ConflictError, DecodeError
 from corepay.models import Outcome
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.store import TwinStore
@@ -32,26 +33,37 @@ def update_twin(
     *,
     policy: TwinPolicy = TwinPolicy(),
     max_attempts: int = 10,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> tuple[bool, int]:
     """Apply one customer's live outcomes to their twin with compare-and-swap.
 
-    Returns whether the twin changed, and how many conflicts were retried.
+    A conflict (another writer got there first) re-reads and re-applies; a store that fails
+    transiently is retried with a short backoff. Returns whether the twin changed, and how
+    many conflicts were retried.
 
     Raises:
         ConflictError: still conflicting after ``max_attempts`` reads.
+        UnavailableError, BackendTimeoutError: the store kept failing ``max_attempts`` times.
     """
+    conflicts = 0
     for attempt in range(max_attempts):
-        current = store.get(customer_id)
-        updated = apply_outcomes(current, outcomes, policy)
-        if updated is current or updated is None:
-            return False, attempt
         try:
+            current = store.get(customer_id)
+            updated = apply_outcomes(current, outcomes, policy)
+            if updated is current or updated is None:
+                return False, conflicts
             store.compare_and_set(
                 updated, expected_version=None if current is None else current.version
             )
         except ConflictError:
+            conflicts += 1
             continue
-        return True, attempt
+        except BackendError:
+            if attempt == max_attempts - 1:
+                raise
+            sleep(min(0.01 * 2**attempt, 1.0))
+            continue
+        return True, conflicts
     raise ConflictError(f"twin {customer_id!r} kept changing under {max_attempts} update attempts")
 
 

@@ -1,0 +1,5 @@
+"""``python -m corepay``: the same as the ``corepay`` command."""
+
+from corepay.cli import main
+
+main()
