@@ -6,6 +6,7 @@ byte. Each request is a wire-format JSON object the ingestion API accepts as is.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Iterator
@@ -88,7 +89,7 @@ class TrafficGenerator:
         self.per_second = customers * per_customer_daily / 86400.0
         self._rng = random.Random(seed)
         self.customers = [self._customer(i) for i in range(customers)]
-        self._weights = [c.activity for c in self.customers]
+        self._cum_weights = list(itertools.accumulate(c.activity for c in self.customers))
 
     def _customer(self, index: int) -> Customer:
         rng = self._rng
@@ -129,7 +130,7 @@ class TrafficGenerator:
 
     def _next(self, now: datetime, serial: int) -> list[dict[str, Any]]:
         rng = self._rng
-        customer = rng.choices(self.customers, weights=self._weights)[0]
+        customer = rng.choices(self.customers, cum_weights=self._cum_weights)[0]
         roll = rng.random()
         if roll >= self.anomaly_rate:
             merchant, mcc, mult = rng.choice(customer.merchants)
