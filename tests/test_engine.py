@@ -64,7 +64,10 @@ class _DownTwins(TwinClient):
 
 @pytest.mark.parametrize(
     ("exc", "code"),
-    [(UnavailableError("refused"), "TWIN_UNAVAILABLE"), (BackendTimeoutError("slow"), "TWIN_TIMEOUT")],
+    [
+        (UnavailableError("refused"), "TWIN_UNAVAILABLE"),
+        (BackendTimeoutError("slow"), "TWIN_TIMEOUT"),
+    ],
 )
 def test_twins_out_of_reach_give_simulation_errors_and_leave_the_live_path_alone(
     exc: Exception, code: str
@@ -73,16 +76,18 @@ def test_twins_out_of_reach_give_simulation_errors_and_leave_the_live_path_alone
     with Engine(LivePath(SimulatedGateway(0)), SimulationPath(_DownTwins(exc))) as engine:
         live, simulation = engine.decide(txns)
     assert {o.error for o in simulation} == {code}
-    assert len(live) == 30 and all(o.error in (None, "GATEWAY_TIMEOUT", "GATEWAY_UNAVAILABLE")
-                                   for o in live)
+    assert len(live) == 30 and all(
+        o.error in (None, "GATEWAY_TIMEOUT", "GATEWAY_UNAVAILABLE") for o in live
+    )
 
 
 def test_the_same_seed_gives_the_same_live_decisions() -> None:
     txns = _txns(300)
     runs = []
     for _ in range(2):
-        with Engine(LivePath(SimulatedGateway(11)), SimulationPath(_DownTwins(
-            UnavailableError("x")))) as engine:
+        with Engine(
+            LivePath(SimulatedGateway(11)), SimulationPath(_DownTwins(UnavailableError("x")))
+        ) as engine:
             live, _ = engine.decide(txns)
         runs.append([(o.decision, o.reasons, o.score) for o in live])
     assert runs[0] == runs[1]

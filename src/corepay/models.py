@@ -5,6 +5,7 @@ All are frozen attrs classes. Their JSON form (the wire format) lives in :mod:`c
 
 from __future__ import annotations
 
+import decimal
 import enum
 from collections.abc import Mapping
 from datetime import datetime
@@ -181,8 +182,11 @@ class Twin:
         """Population variance of the amounts seen."""
         if not self.count:
             return Decimal(0)
-        mean = self.amount_mean
-        return max(self.amount_sumsq / self.count - mean * mean, Decimal(0))
+        # (n * sumsq - sum^2) / n^2 exactly, then one rounding: no cancellation error.
+        with decimal.localcontext(prec=80):
+            n = Decimal(self.count)
+            spread = n * self.amount_sumsq - self.amount_sum * self.amount_sum
+        return +(spread / (n * n))
 
     @property
     def decline_rate(self) -> float:

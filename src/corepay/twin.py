@@ -14,6 +14,7 @@ from __future__ import annotations
 import decimal
 from collections import Counter
 from collections.abc import Iterable
+from datetime import datetime
 
 import attrs
 
@@ -41,8 +42,8 @@ class TwinPolicy:
     dedup_window: int = attrs.field(default=256, validator=attrs.validators.ge(1))
 
 
-def _history_key(entry: HistoryEntry) -> tuple[float, str]:
-    return (entry.timestamp.timestamp(), entry.transaction_id)
+def _history_key(entry: HistoryEntry) -> tuple[datetime, str]:
+    return (entry.timestamp, entry.transaction_id)
 
 
 def apply_outcomes(

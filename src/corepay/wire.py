@@ -74,6 +74,7 @@ _OPTIONAL_FIELDS = ("schema_version",)
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _MCC = re.compile(r"[0-9]{4}")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 _RFC3339 = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
 )
@@ -89,7 +90,9 @@ def parse_json(body: bytes | str) -> Any:
     """
     try:
         return json.loads(body, parse_float=Decimal)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise ValidationError([FieldError("body", "is nested too deeply")]) from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, or a number too long to convert
         raise ValidationError([FieldError("body", f"is not valid JSON: {exc}")]) from None
 
 
@@ -136,9 +139,11 @@ def _amount(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | Decimal | float):
         raise ValueError('must be a positive decimal, as a string ("12.50") or a number')
     try:
-        amount = Decimal(value.strip()) if isinstance(value, str) else Decimal(str(value))
+        if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+            raise InvalidOperation
+        amount = Decimal(value) if isinstance(value, str) else Decimal(str(value))
     except InvalidOperation:
-        raise ValueError(f"{value!r} is not a decimal number") from None
+        raise ValueError(f'{value!r} is not a decimal number such as "12.50"') from None
     if not amount.is_finite() or amount <= 0:
         raise ValueError("must be a positive, finite decimal")
     if amount > MAX_AMOUNT:
@@ -323,7 +328,9 @@ def _load(data: bytes | str | Mapping[str, Any], what: str) -> Mapping[str, Any]
         return data
     try:
         obj = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError:
+        raise DecodeError(f"{what} is nested too deeply") from None
+    except ValueError as exc:  # bad JSON, bad UTF-8, or a number too long to convert
         raise DecodeError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise DecodeError(f"{what} must be a JSON object, got {type(obj).__name__}")
@@ -387,7 +394,7 @@ def _decoding(what: str, build: Callable[[Mapping[str, Any]], Any], data: Any) -
     obj = _load(data, what)
     try:
         return build(obj)
-    except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+    except (LookupError, TypeError, ValueError, ArithmeticError) as exc:
         raise DecodeError(f"{what} is malformed: {type(exc).__name__}: {exc}") from None
 
 

@@ -57,7 +57,7 @@ def _open(url: str, registry: Mapping[str, str], what: str, **kwargs: Any) -> An
 
 
 def _redact(url: str) -> str:
-    parts = urlsplit(url)
+    parts = urlsplit(url if "//" in url else "//" + url)
     if parts.password is None:
         return url
     return url.replace(f":{parts.password}@", ":***@", 1)

@@ -57,9 +57,10 @@ class MemoryBus(Bus):
         if unknown:
             raise ConfigurationError(f"unknown memory bus option(s): {', '.join(sorted(unknown))}")
         try:
-            return cls(partitions=int(options.get("partitions", "4")))
+            partitions = int(options.get("partitions", "4"))
         except ValueError:
             raise ConfigurationError("memory bus option partitions must be an integer") from None
+        return cls(partitions=partitions)
 
     def _log(self, topic: str) -> list[list[Message]]:
         log = self._logs.get(topic)
@@ -228,7 +229,7 @@ class MemoryConsumer(Consumer):
                 )
             committed = self._bus._groups[self.group].committed
             for tp, offset in wanted.items():
-                committed[tp] = max(committed.get(tp, 0), offset)
+                committed[tp] = offset  # as in Kafka: set, even if lower
 
     def close(self) -> None:
         if not self._closed:

@@ -32,6 +32,8 @@ class DetectorService(ConsumerService):
     Args:
         on_pairing: called with every resolved transaction (metrics, demos, tests).
         clock: epoch seconds; the pairing timeout is measured with it.
+        link_window: resolved transactions whose offsets are kept, to commit redelivered
+            copies of their outcomes safely.
     """
 
     group = "corepay-detector"
@@ -44,6 +46,7 @@ class DetectorService(ConsumerService):
         *,
         on_pairing: Callable[[Pairing], None] | None = None,
         clock: Callable[[], float] = time.time,
+        link_window: int = 100_000,
         **kwargs: object,
     ) -> None:
         super().__init__(bus, **kwargs)  # type: ignore[arg-type]
@@ -54,11 +57,16 @@ class DetectorService(ConsumerService):
         self._held: dict[TopicPartition, dict[int, None]] = {}
         self._held_at: dict[str, tuple[TopicPartition, int]] = {}
         self._next: dict[TopicPartition, int] = {}
+        # Where both halves of recently paired transactions were read, until both are committed.
+        self._pairs: list[tuple[TopicPartition, int, TopicPartition, int]] = []
+        # Where the halves of the last `link_window` resolved transactions were read, so a
+        # redelivered copy read later is tied to them (re-read together, or not at all).
+        self._resolved_at: dict[str, tuple[tuple[TopicPartition, int], ...]] = {}
+        self.link_window = link_window
 
     def handle(self, messages: Sequence[Message]) -> Handled:
         records: list[Record] = []
         now = self.clock()
-        resolved: list[Pairing] = []
         for message in messages:
             tp = message.topic_partition
             self._next[tp] = message.offset + 1
@@ -67,26 +75,65 @@ class DetectorService(ConsumerService):
             except DecodeError as exc:
                 records.append(dead_letter(message, str(exc)))
                 continue
-            resolved.extend(self.detector.observe(outcome, now))
             tid = outcome.transaction_id
+            here = (tp, message.offset)
+            pairings = self.detector.observe(outcome, now)
+            for pairing in pairings:
+                held = self._release(pairing, records)
+                if held is not None and pairing.transaction_id == tid:
+                    self._pairs.append((*held, *here))
+                    self._remember(tid, (held, here))
+            if not pairings and tid in self._resolved_at:
+                # A copy of a resolved transaction: were it re-read alone after a restart, it
+                # would wait for a partner that is not coming and raise a false MISSING_*.
+                self._pairs.extend((*here, *there) for there in self._resolved_at[tid])
             if tid not in self._held_at and self.detector.is_pending(tid):
                 # This message is the half-pair now held: its offset may not be committed yet.
                 self._held.setdefault(tp, {})[message.offset] = None
                 self._held_at[tid] = (tp, message.offset)
-        resolved.extend(self.detector.expire(now))
-        for pairing in resolved:
-            held = self._held_at.pop(pairing.transaction_id, None)
-            if held is not None:
-                del self._held[held[0]][held[1]]
-            if pairing.alert is not None:
-                alert = pairing.alert
-                records.append(Record(DIVERGENCE_ALERT, alert.customer_id, encode_alert(alert)))
-            if self.on_pairing is not None:
-                self.on_pairing(pairing)
+        for pairing in self.detector.expire(now):
+            self._release(pairing, records)
         owned = self.consumer.assignment()
-        commit = {
-            tp: next(iter(self._held[tp]), offset) if self._held.get(tp) else offset
+        return Handled(records, {tp: o for tp, o in self._cut().items() if tp in owned})
+
+    def _remember(self, tid: str, where: tuple[tuple[TopicPartition, int], ...]) -> None:
+        self._resolved_at[tid] = where
+        if len(self._resolved_at) > self.link_window:
+            del self._resolved_at[next(iter(self._resolved_at))]
+
+    def _release(
+        self, pairing: Pairing, records: list[Record]
+    ) -> tuple[TopicPartition, int] | None:
+        held = self._held_at.pop(pairing.transaction_id, None)
+        if held is not None:
+            del self._held[held[0]][held[1]]
+        if pairing.alert is not None:
+            alert = pairing.alert
+            records.append(Record(DIVERGENCE_ALERT, alert.customer_id, encode_alert(alert)))
+        if self.on_pairing is not None:
+            self.on_pairing(pairing)
+        return held
+
+    def _cut(self) -> dict[TopicPartition, int]:
+        """Offsets safe to commit: a restart re-reads both halves of a pair, or neither.
+
+        Each partition starts at its oldest held half (or everything read). A paired
+        transaction with one half above a cut and one below would, after a restart, come back
+        half and time out as a false ``MISSING_*``, so the other cut moves down to include it,
+        until no pair straddles.
+        """
+        cut = {
+            tp: next(iter(self._held[tp])) if self._held.get(tp) else offset
             for tp, offset in self._next.items()
-            if tp in owned
         }
-        return Handled(records, commit)
+        moved = True
+        while moved:
+            moved = False
+            for tp_a, off_a, tp_b, off_b in self._pairs:
+                above_a, above_b = off_a >= cut[tp_a], off_b >= cut[tp_b]
+                if above_a and not above_b:
+                    cut[tp_b], moved = off_b, True
+                elif above_b and not above_a:
+                    cut[tp_a], moved = off_a, True
+        self._pairs = [p for p in self._pairs if p[1] >= cut[p[0]]]
+        return cut

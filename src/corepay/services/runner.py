@@ -66,6 +66,7 @@ class ConsumerService(ABC):
         self.max_records = max_records
         self.consumer = bus.consumer(self.group, self.topics)
         self._inflight: list[Message] = []
+        self._handled: Handled | None = None
         self._attempts = 0
         self._backoff = 0.0
         self.processed = 0
@@ -82,26 +83,34 @@ class ConsumerService(ABC):
         else:
             messages = self.consumer.poll(self.max_records, timeout)
         try:
-            handled = self.handle(messages)
-            self.bus.publish_many(handled.records)
-        except BackendError as exc:
+            # A batch handled but not yet published is not handled again: handling changed
+            # the service's state (a detector's pairs), so only the publish is retried.
+            if self._handled is None:
+                self._handled = self._handle_or_dead_letter(messages)
+            self.bus.publish_many(self._handled.records)
+        except Exception as exc:
             self._retry_later(messages, exc)
             return 0
-        except Exception as exc:
-            self._attempts = attempts = self._attempts + 1
-            if attempts < self.max_attempts:
-                log.exception("%s: batch failed (attempt %d)", self.group, attempts)
-                self._retry_later(messages, exc)
-                return 0
-            log.exception(
-                "%s: batch failed %d times; dead-lettering it", self.group, self._attempts
-            )
-            handled = Handled([dead_letter(m, f"{type(exc).__name__}: {exc}") for m in messages])
-            self.bus.publish_many(handled.records)
-        self._inflight, self._attempts, self._backoff = [], 0, 0.0
+        handled = self._handled
+        self._inflight, self._handled, self._attempts, self._backoff = [], None, 0, 0.0
         self._commit(handled.commit)
         self.processed += len(messages)
         return len(messages)
+
+    def _handle_or_dead_letter(self, messages: list[Message]) -> Handled:
+        try:
+            return self.handle(messages)
+        except BackendError:
+            raise  # the store or bus is down: retry until it is back, however long
+        except Exception as exc:
+            self._attempts += 1
+            if self._attempts < self.max_attempts:
+                log.exception("%s: batch failed (attempt %d)", self.group, self._attempts)
+                raise
+            log.exception(
+                "%s: batch failed %d times; dead-lettering it", self.group, self._attempts
+            )
+            return Handled([dead_letter(m, f"{type(exc).__name__}: {exc}") for m in messages])
 
     def _retry_later(self, messages: list[Message], exc: Exception) -> None:
         self._inflight = messages

@@ -7,8 +7,8 @@ it if nobody wrote in between, otherwise read again. Applying an outcome twice c
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from flask import Flask, Response, jsonify, request

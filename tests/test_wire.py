@@ -1,0 +1,373 @@
+"""The wire format: validation of payment requests, and the JSON form of every message."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import strategies as cst
+from corepay.errors import DecodeError, ValidationError
+from corepay.wire import (
+    MAX_AMOUNT,
+    TRANSACTION_FIELDS,
+    alert_to_wire,
+    decode_alert,
+    decode_outcome,
+    decode_transaction,
+    decode_twin,
+    encode_alert,
+    encode_outcome,
+    encode_transaction,
+    encode_twin,
+    outcome_to_wire,
+    parse_json,
+    parse_transaction,
+    twin_to_wire,
+)
+
+VALID = {
+    "transaction_id": "txn-0001",
+    "customer_id": "cust:42",
+    "amount": "12.50",
+    "currency": "EUR",
+    "merchant_id": "m_7.a",
+    "merchant_category": "5411",
+    "country": "DE",
+    "channel": "pos",
+    "timestamp": "2026-11-24T09:30:00Z",
+}
+
+DECODERS = [decode_transaction, decode_outcome, decode_alert, decode_twin]
+
+
+def with_(**changes: Any) -> dict[str, Any]:
+    return {**VALID, **changes}
+
+
+def broken_fields(payload: Any) -> list[str]:
+    with pytest.raises(ValidationError) as info:
+        parse_transaction(payload)
+    return sorted(error.field for error in info.value.errors)
+
+
+# --- accepting and round-tripping transactions ------------------------------------------------
+
+
+@given(cst.payload_cases())
+def test_every_valid_payload_is_accepted_as_given(case: tuple[dict[str, Any], Any]) -> None:
+    payload, expected = case
+
+    txn = parse_transaction(payload)
+
+    assert txn == expected
+    assert txn.timestamp.utcoffset() == expected.timestamp.utcoffset()
+    assert type(txn.amount) is Decimal
+
+
+@given(cst.payload_cases())
+def test_every_valid_payload_is_accepted_through_json(case: tuple[dict[str, Any], Any]) -> None:
+    payload, expected = case
+
+    txn = parse_transaction(parse_json(json.dumps(payload).encode()))
+
+    assert txn == expected
+    assert type(txn.amount) is Decimal
+
+
+@given(cst.transactions())
+def test_transaction_round_trips_through_its_encoding(txn: Any) -> None:
+    encoded = encode_transaction(txn)
+
+    decoded = decode_transaction(encoded)
+
+    assert decoded == txn
+    assert str(decoded.amount) == str(txn.amount)
+    assert decoded.timestamp.utcoffset() == txn.timestamp.utcoffset()
+    # What CorePay writes is itself a valid payment request.
+    assert parse_transaction(json.loads(encoded)) == txn
+
+
+def test_amount_string_keeps_its_decimal_value() -> None:
+    txn = parse_transaction(with_(amount="0.10"))
+
+    assert type(txn.amount) is Decimal
+    assert txn.amount == Decimal("0.1")
+    assert json.loads(encode_transaction(txn))["amount"] in ("0.10", "0.1")
+
+
+def test_json_number_amount_is_parsed_as_decimal_not_float() -> None:
+    body = json.dumps(with_(amount="AMOUNT")).replace('"AMOUNT"', "0.1")
+
+    assert parse_json('{"amount": 0.1}')["amount"] == Decimal("0.1")
+    assert type(parse_json('{"amount": 0.1}')["amount"]) is Decimal
+    txn = parse_transaction(parse_json(body))
+    assert type(txn.amount) is Decimal
+    assert txn.amount == Decimal("0.1")  # Decimal(0.1), the float, is not equal to this
+
+
+def test_amounts_add_up_exactly() -> None:
+    amounts = [parse_transaction(with_(amount=a)).amount for a in ("0.1", "0.2")]
+
+    assert sum(amounts) == Decimal("0.3")
+
+
+@pytest.mark.parametrize(
+    "amount", ["0.0001", str(MAX_AMOUNT), MAX_AMOUNT, "1.2345", "12.50", 5, 0.5, "100"]
+)
+def test_boundary_amounts_are_accepted(amount: Any) -> None:
+    assert parse_transaction(with_(amount=amount)).amount == Decimal(str(amount))
+
+
+# --- rejecting invalid payloads ---------------------------------------------------------------
+
+
+@settings(max_examples=200)
+@given(cst.invalid_payloads())
+def test_invalid_payload_names_exactly_the_broken_fields(case: cst.Invalid) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_transaction(case.payload)
+
+    errors = info.value.errors
+    assert sorted(e.field for e in errors) == sorted(case.fields)  # each field once
+    assert all(e.message for e in errors)
+    assert isinstance(info.value, ValueError)
+
+
+@settings(max_examples=100)
+@given(cst.invalid_payloads())
+def test_invalid_json_body_names_exactly_the_broken_fields(case: cst.Invalid) -> None:
+    body = json.dumps(case.payload).encode()
+
+    with pytest.raises(ValidationError) as info:
+        parse_transaction(parse_json(body))
+
+    assert sorted(e.field for e in info.value.errors) == sorted(case.fields)
+
+
+def test_every_broken_field_is_reported_at_once() -> None:
+    payload = {
+        "transaction_id": "",
+        "customer_id": 42,
+        "amount": "-3",
+        "currency": "euro",
+        "merchant_id": "a b",
+        "merchant_category": 5411,
+        "country": "XX",
+        "channel": "web",
+        "timestamp": "2026-11-24",
+        "schema_version": 2,
+        "colour": "blue",
+    }
+
+    assert broken_fields(payload) == sorted([*TRANSACTION_FIELDS, "schema_version", "colour"])
+
+
+def test_missing_fields_are_each_reported() -> None:
+    assert broken_fields({}) == sorted(TRANSACTION_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("currency", "eur"),
+        ("currency", "EURO"),
+        ("country", "XX"),
+        ("country", "de"),
+        ("merchant_category", 5411),
+        ("merchant_category", "541"),
+        ("channel", "web"),
+        ("timestamp", "2026-11-24T09:30:00"),
+        ("timestamp", "2026-11-24"),
+        ("timestamp", "2026-02-30T09:30:00Z"),
+        ("amount", "-1"),
+        ("amount", -1),
+        ("amount", "0"),
+        ("amount", 0),
+        ("amount", "NaN"),
+        ("amount", float("nan")),
+        ("amount", "Infinity"),
+        ("amount", "-Infinity"),
+        ("amount", float("inf")),
+        ("amount", "1.00001"),
+        ("amount", "0.00001"),
+        ("amount", str(MAX_AMOUNT + Decimal("0.0001"))),
+        ("amount", True),
+        ("amount", False),
+        ("amount", "twelve"),
+        ("transaction_id", "x" * 65),
+        ("customer_id", "alice smith"),
+    ],
+)
+def test_rule_violation_names_the_field_and_the_rule(field: str, value: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_transaction(with_(**{field: value}))
+
+    assert [e.field for e in info.value.errors] == [field]
+    assert str(info.value).startswith(f"{field}: ")
+    assert len(info.value.errors[0].message) > len("is invalid")
+
+
+@pytest.mark.parametrize(
+    "body", [b"NaN", b'{"amount": NaN}', b'{"amount": Infinity}', b'{"amount": 1e400}']
+)
+def test_json_special_numbers_are_field_errors(body: bytes) -> None:
+    with pytest.raises(ValidationError):
+        parse_transaction(parse_json(body))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"{",
+        b"\xff\xfe\xfa",
+        b'{"amount": 1' + b"0" * 5000 + b"}",  # longer than Python's int conversion limit
+        b"[" * 50_000 + b"]" * 50_000,  # deeper than the recursion limit
+    ],
+    ids=["empty", "truncated", "not-utf8", "5000-digit-number", "deeply-nested"],
+)
+def test_parse_json_rejects_unparseable_bodies_as_validation_errors(body: bytes) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_json(body)
+
+    assert [e.field for e in info.value.errors] == ["body"]
+
+
+# --- CorePay's own messages -------------------------------------------------------------------
+
+
+@given(cst.outcomes())
+def test_outcome_round_trips(outcome: Any) -> None:
+    assert decode_outcome(encode_outcome(outcome)) == outcome
+    assert decode_outcome(outcome_to_wire(outcome)) == outcome
+
+
+@given(cst.alerts())
+def test_alert_round_trips(alert: Any) -> None:
+    assert decode_alert(encode_alert(alert)) == alert
+    assert decode_alert(alert_to_wire(alert)) == alert
+
+
+@given(cst.twins())
+def test_twin_round_trips(twin: Any) -> None:
+    decoded = decode_twin(encode_twin(twin))
+
+    assert decoded == twin
+    assert decode_twin(twin_to_wire(twin)) == twin
+    assert [type(v) for v in (decoded.amount_sum, decoded.amount_min)] == [Decimal, Decimal]
+
+
+@settings(max_examples=100)
+@given(cst.arbitrary_bodies())
+def test_decoding_garbage_raises_decode_error(data: bytes) -> None:
+    for decode in DECODERS:
+        with pytest.raises(DecodeError):
+            decode(data)
+
+
+@pytest.mark.parametrize("decode", DECODERS, ids=lambda d: d.__name__)
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"schema_version": 1' + b"1" * 5000 + b"}",
+        b'{"x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    ],
+    ids=["5000-digit-number", "deeply-nested"],
+)
+def test_decoding_pathological_json_raises_decode_error(decode: Any, data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode(data)
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = []
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for key, child in items:
+        found.append((*prefix, key))
+        found.extend(_paths(child, (*prefix, key)))
+    return found
+
+
+def _mutate(wire: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
+    """A copy of ``wire`` with one value anywhere in it deleted or replaced by any JSON."""
+    copy = json.loads(json.dumps(wire))
+    path = data.draw(st.sampled_from(_paths(copy)))
+    parent = copy
+    for key in path[:-1]:
+        parent = parent[key]
+    if data.draw(st.booleans()):
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = data.draw(cst.json_values())
+    return copy
+
+
+def _decodes_or_raises_decode_error(decode: Any, wire: dict[str, Any]) -> None:
+    with contextlib.suppress(DecodeError):
+        decode(json.dumps(wire).encode())
+
+
+@settings(max_examples=150)
+@given(st.one_of(cst.outcomes().map(outcome_to_wire), cst.alerts().map(alert_to_wire)), st.data())
+def test_decoding_damaged_messages_raises_only_decode_error(
+    wire: dict[str, Any], data: st.DataObject
+) -> None:
+    decode = decode_alert if "alert_id" in wire else decode_outcome
+
+    _decodes_or_raises_decode_error(decode, _mutate(wire, data))
+
+
+TWIN_WIRE = {
+    "schema_version": 1,
+    "customer_id": "c",
+    "version": 3,
+    "first_seen": "2026-01-01T00:00:00+00:00",
+    "last_seen": "2026-01-02T00:00:00+01:00",
+    "count": 2,
+    "amount_sum": "3.50",
+    "amount_sumsq": "7.2500",
+    "amount_min": "1.00",
+    "amount_max": "2.50",
+    "amount_mean": "1.75",
+    "approvals": 1,
+    "declines": 1,
+    "reviews": 0,
+    "merchants": {"m-1": 2},
+    "countries": {"DE": 1, "FR": 1},
+    "channels": {"pos": 2},
+    "history": [
+        ["t1", "2026-01-01T00:00:00+00:00", "1.00", "m-1", "DE", "pos", "APPROVE"],
+        ["t2", "2026-01-02T00:00:00+01:00", "2.50", "m-1", "FR", "pos", "DECLINE"],
+    ],
+    "applied": ["t1", "t2"],
+}
+
+
+def test_twin_fixture_decodes() -> None:
+    assert decode_twin(json.dumps(TWIN_WIRE)).count == 2
+
+
+@settings(max_examples=150)
+@given(st.data())
+def test_decoding_damaged_twins_raises_only_decode_error(data: st.DataObject) -> None:
+    _decodes_or_raises_decode_error(decode_twin, _mutate(TWIN_WIRE, data))
+
+
+@pytest.mark.parametrize("entry", [[], ["t1"], "ab"], ids=["empty", "short", "string"])
+def test_decoding_twin_with_short_history_entry_raises_decode_error(entry: Any) -> None:
+    twin = {**TWIN_WIRE, "history": [entry]}
+
+    with pytest.raises(DecodeError):
+        decode_twin(json.dumps(twin))
