@@ -36,6 +36,8 @@ class Backend:
         enable: how to make ``env`` available, shown when it is unset.
         quiet_s: how long to wait before concluding that no further message is coming.
         deadline_s: how long to wait for what should arrive; only a failing test waits it out.
+        required_in_ci: under ``CI=true`` a missing server fails the test instead of skipping
+            it (CI starts a Kafka broker itself; no Couchbase server can run there).
     """
 
     scheme: str
@@ -44,6 +46,7 @@ class Backend:
     enable: str = ""
     quiet_s: float = 0.05
     deadline_s: float = 5.0
+    required_in_ci: bool = False
 
     def resolve(self, registry: Mapping[str, str]) -> str:
         """The URL to open, or skip the test saying why this backend cannot run."""
@@ -53,6 +56,8 @@ class Backend:
         if self.env is not None:
             address = os.environ.get(self.env, "").strip()
             if not address:
+                if self.required_in_ci and os.environ.get("CI") == "true":
+                    pytest.fail(f"CI=true, so {self.scheme}:// must be tested: {self.enable}")
                 pytest.skip(f"{self.scheme}:// tests need a server: {self.enable}")
         return self.url.format(address=address)
 
@@ -70,6 +75,7 @@ BUS_BACKENDS_UNDER_TEST = [
             ),
             quiet_s=1.0,
             deadline_s=30.0,
+            required_in_ci=True,
         ),
         marks=pytest.mark.kafka,
         id="kafka",

@@ -21,6 +21,7 @@ __all__ = ["BUS_BACKENDS", "STORE_BACKENDS", "open_bus", "open_store", "parse_op
 
 BUS_BACKENDS: dict[str, str] = {
     "memory": "corepay.backends.memory:MemoryBus",
+    "kafka": "corepay.backends.kafka:KafkaBus",
 }
 STORE_BACKENDS: dict[str, str] = {
     "memory": "corepay.backends.memory:MemoryTwinStore",

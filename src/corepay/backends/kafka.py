@@ -1,0 +1,387 @@
+"""Apache Kafka bus, on kafka-python.
+
+URL: ``kafka://host:port[,host:port...]?option=value&...``. Options:
+
+====================== ======== ===============================================================
+option                 default  meaning
+====================== ======== ===============================================================
+partitions             4        partitions of every topic CorePay creates (all equal, so the
+                                outcome topics stay co-partitioned)
+replication_factor     1        replicas of every topic CorePay creates
+linger_ms              5        producer: how long to wait to fill a batch
+batch_size             65536    producer: most bytes per partition batch
+compression_type       none     producer: ``gzip``, ``snappy``, ``lz4``, ``zstd`` or ``none``
+publish_timeout        10       seconds a publish waits for the broker's acknowledgement
+session_timeout_ms     10000    consumer group session; a member silent this long is evicted
+heartbeat_interval_ms  1000     consumer heartbeats (a third of the session or less)
+max_poll_interval_ms   300000   most time between polls before a member is evicted
+client_id              corepay  client id the broker logs
+====================== ======== ===============================================================
+
+Publishing uses ``acks=all`` with idempotence: a publish returns only after every in-sync
+replica has the message. Consumers commit by hand, only what was handled. Topics are created
+on first use (with their dead-letter topics) when the broker does not have them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import TopicPartition as KafkaTopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import (
+    CommitFailedError as KafkaCommitFailedError,
+)
+from kafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    TopicAlreadyExistsError,
+)
+from kafka.structs import OffsetAndMetadata
+
+from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
+from corepay.errors import (
+    BackendTimeoutError,
+    CommitFailedError,
+    ConfigurationError,
+    UnavailableError,
+)
+
+__all__ = ["KafkaBus", "KafkaConsumerMember"]
+
+log = logging.getLogger(__name__)
+
+_INT_OPTIONS = {
+    "partitions": 4,
+    "replication_factor": 1,
+    "linger_ms": 5,
+    "batch_size": 65536,
+    "session_timeout_ms": 10000,
+    "heartbeat_interval_ms": 1000,
+    "max_poll_interval_ms": 300000,
+}
+_OTHER_OPTIONS = {"compression_type": "none", "publish_timeout": "10", "client_id": "corepay"}
+
+
+def _translate(exc: Exception, what: str) -> Exception:
+    if isinstance(exc, KafkaTimeoutError):
+        return BackendTimeoutError(f"Kafka: {what} timed out: {exc}")
+    return UnavailableError(f"Kafka: {what} failed: {type(exc).__name__}: {exc}")
+
+
+class KafkaBus(Bus):
+    """A :class:`~corepay.bus.Bus` on an Apache Kafka cluster."""
+
+    def __init__(
+        self,
+        bootstrap_servers: Sequence[str],
+        *,
+        partitions: int = 4,
+        replication_factor: int = 1,
+        linger_ms: int = 5,
+        batch_size: int = 65536,
+        compression_type: str = "none",
+        publish_timeout: float = 10.0,
+        session_timeout_ms: int = 10000,
+        heartbeat_interval_ms: int = 1000,
+        max_poll_interval_ms: int = 300000,
+        client_id: str = "corepay",
+    ) -> None:
+        if not bootstrap_servers:
+            raise ConfigurationError("a Kafka bus needs at least one bootstrap server host:port")
+        if partitions < 1 or replication_factor < 1:
+            raise ConfigurationError("partitions and replication_factor must be at least 1")
+        self.bootstrap_servers = list(bootstrap_servers)
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.publish_timeout = publish_timeout
+        self._producer_config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": client_id,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": linger_ms,
+            "batch_size": batch_size,
+            "compression_type": None if compression_type == "none" else compression_type,
+            "max_block_ms": int(publish_timeout * 1000),
+            "request_timeout_ms": max(int(publish_timeout * 1000), 1000),
+            "retry_backoff_ms": 100,
+        }
+        self._consumer_config: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": client_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "earliest",
+            "session_timeout_ms": session_timeout_ms,
+            "heartbeat_interval_ms": heartbeat_interval_ms,
+            "max_poll_interval_ms": max_poll_interval_ms,
+            "metadata_max_age_ms": 30000,
+        }
+        self._lock = threading.Lock()
+        self._producer: KafkaProducer | None = None
+        self._admin: KafkaAdminClient | None = None
+        self._known_topics: set[str] = set()
+
+    @classmethod
+    def from_url(cls, url: str, options: Mapping[str, str]) -> KafkaBus:
+        hosts = url.split("://", 1)[1].split("?", 1)[0].split("/", 1)[0]
+        servers = [h.strip() for h in hosts.split(",") if h.strip()]
+        unknown = set(options) - set(_INT_OPTIONS) - set(_OTHER_OPTIONS)
+        if unknown:
+            known = ", ".join(sorted([*_INT_OPTIONS, *_OTHER_OPTIONS]))
+            raise ConfigurationError(
+                f"unknown Kafka bus option(s) {', '.join(sorted(unknown))}; known: {known}"
+            )
+        kwargs: dict[str, Any] = {}
+        for name, value in options.items():
+            try:
+                if name in _INT_OPTIONS:
+                    kwargs[name] = int(value)
+                elif name == "publish_timeout":
+                    kwargs[name] = float(value)
+                else:
+                    kwargs[name] = value
+            except ValueError:
+                raise ConfigurationError(
+                    f"Kafka bus option {name}={value!r} is not a number"
+                ) from None
+        return cls(servers, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"KafkaBus({','.join(self.bootstrap_servers)}, partitions={self.partitions})"
+
+    # --- producing ---------------------------------------------------------------------------
+
+    def _get_producer(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                try:
+                    self._producer = KafkaProducer(**self._producer_config)
+                except (KafkaError, OSError) as exc:
+                    raise UnavailableError(
+                        f"Kafka at {','.join(self.bootstrap_servers)} is unreachable: {exc}"
+                    ) from exc
+            return self._producer
+
+    def publish(
+        self, topic: str, key: str, value: bytes, headers: Mapping[str, str] | None = None
+    ) -> Delivery:
+        return self.publish_many([Record(topic, key, value, dict(headers or {}))])[0]
+
+    def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
+        records = list(records)
+        if not records:
+            return []
+        for record in records:
+            if not isinstance(record.value, bytes):
+                raise TypeError(f"value must be bytes, not {type(record.value).__name__}")
+        self._ensure({r.topic for r in records})
+        producer = self._get_producer()
+        try:
+            futures = [
+                producer.send(
+                    r.topic,
+                    key=r.key.encode(),
+                    value=r.value,
+                    headers=[(k, v.encode()) for k, v in r.headers.items()],
+                )
+                for r in records
+            ]
+            deadline = time.monotonic() + self.publish_timeout
+            deliveries = []
+            for future in futures:
+                meta = future.get(timeout=max(deadline - time.monotonic(), 0.001))
+                deliveries.append(Delivery(meta.topic, meta.partition, meta.offset))
+        except (KafkaError, OSError) as exc:
+            raise _translate(exc, f"publishing {len(records)} message(s)") from exc
+        return deliveries
+
+    # --- topics ------------------------------------------------------------------------------
+
+    def _get_admin(self) -> KafkaAdminClient:
+        if self._admin is None:
+            try:
+                self._admin = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap_servers,
+                    client_id=self._producer_config["client_id"] + "-admin",
+                    request_timeout_ms=max(int(self.publish_timeout * 1000), 1000),
+                )
+            except (KafkaError, OSError) as exc:
+                raise UnavailableError(
+                    f"Kafka at {','.join(self.bootstrap_servers)} is unreachable: {exc}"
+                ) from exc
+        return self._admin
+
+    def _ensure(self, topics: Iterable[str]) -> None:
+        missing = set(topics) - self._known_topics
+        if missing:
+            self.ensure_topics(sorted(missing))
+
+    def ensure_topics(self, topics: Sequence[str]) -> None:
+        """Create ``topics`` and their dead-letter topics where missing, all with the same
+        partition count; an existing topic with another count is a configuration error."""
+        wanted = {t for topic in topics for t in (topic, f"{topic}.dlq")}
+        wanted = {t for t in wanted if not t.endswith(".dlq.dlq")}
+        with self._lock:
+            admin = self._get_admin()
+            try:
+                existing = {
+                    t["topic"] if "topic" in t else t["name"]: len(t["partitions"])
+                    for t in admin.describe_topics()
+                }
+                new = [
+                    NewTopic(t, self.partitions, self.replication_factor)
+                    for t in sorted(wanted - set(existing))
+                ]
+                if new:
+                    # Another process may create them in between: that is fine.
+                    with contextlib.suppress(TopicAlreadyExistsError):
+                        admin.create_topics(new, timeout_ms=int(self.publish_timeout * 1000))
+                    log.info("created Kafka topics %s", ", ".join(t.name for t in new))
+            except (KafkaError, OSError) as exc:
+                raise _translate(exc, "creating topics") from exc
+            for topic in wanted & set(existing):
+                if existing[topic] != self.partitions and not topic.endswith(".dlq"):
+                    raise ConfigurationError(
+                        f"Kafka topic {topic} has {existing[topic]} partitions, but this bus "
+                        f"is configured for {self.partitions}; the outcome topics must be "
+                        "co-partitioned, so give every CorePay topic the same count"
+                    )
+            self._known_topics |= wanted
+
+    def check(self) -> None:
+        try:
+            self._get_admin().describe_cluster()
+        except (KafkaError, OSError) as exc:
+            raise _translate(exc, "reaching the cluster") from exc
+
+    # --- consuming ---------------------------------------------------------------------------
+
+    def consumer(self, group: str, topics: Sequence[str]) -> KafkaConsumerMember:
+        if not topics:
+            raise ConfigurationError("a consumer needs at least one topic")
+        self._ensure(topics)
+        return KafkaConsumerMember(group, topics, self._consumer_config)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=self.publish_timeout)
+                self._producer = None
+            if self._admin is not None:
+                self._admin.close()
+                self._admin = None
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, member: KafkaConsumerMember) -> None:
+        self.member = member
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        # Called inside poll(), between batches: everything handled was committed after its
+        # batch, so all that is left is to forget the positions of what leaves.
+        self.member._forget({TopicPartition(tp.topic, tp.partition) for tp in revoked})
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        log.info(
+            "%s assigned %s",
+            self.member.group,
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(assigned)),
+        )
+
+
+class KafkaConsumerMember(Consumer):
+    """One member of a Kafka consumer group; commits only what it is told to."""
+
+    def __init__(self, group: str, topics: Sequence[str], config: Mapping[str, Any]) -> None:
+        self.group = group
+        self.topics = tuple(topics)
+        try:
+            self._consumer = KafkaConsumer(group_id=group, **config)
+        except (KafkaError, OSError) as exc:
+            raise _translate(exc, f"joining group {group}") from exc
+        # Know every topic's partitions before joining: a group leader without them assigns
+        # nothing of that topic, and would not notice until its next metadata refresh.
+        deadline = time.monotonic() + 15.0
+        for topic in topics:
+            while not self._consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        self._consumer.subscribe(list(topics), listener=_Listener(self))
+        self._polled: dict[TopicPartition, int] = {}
+        self._closed = False
+
+    def _forget(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            self._polled.pop(tp, None)
+
+    def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Message]:
+        if self._closed:
+            raise RuntimeError("consumer is closed")
+        try:
+            batches = self._consumer.poll(
+                timeout_ms=int(max(timeout, 0.0) * 1000), max_records=max_records
+            )
+        except (KafkaError, OSError) as exc:
+            raise _translate(exc, f"polling for group {self.group}") from exc
+        messages = []
+        for ktp, records in batches.items():
+            for r in records:
+                messages.append(
+                    Message(
+                        topic=r.topic,
+                        partition=r.partition,
+                        offset=r.offset,
+                        key=r.key.decode(errors="replace") if r.key is not None else "",
+                        value=r.value if r.value is not None else b"",
+                        headers={k: v.decode(errors="replace") for k, v in (r.headers or [])},
+                        timestamp_ms=r.timestamp,
+                    )
+                )
+            if records:
+                self._polled[TopicPartition(ktp.topic, ktp.partition)] = records[-1].offset + 1
+        return messages
+
+    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+        if self._closed:
+            raise RuntimeError("consumer is closed")
+        wanted = dict(self._polled if offsets is None else offsets)
+        if not wanted:
+            return
+        owned = self.assignment()
+        lost = sorted(tp for tp in wanted if tp not in owned)
+        if lost:
+            raise CommitFailedError(
+                f"group {self.group} member no longer owns "
+                f"{', '.join(f'{t}[{p}]' for t, p in lost)}; those messages go to the new owner"
+            )
+        try:
+            self._consumer.commit(
+                {
+                    KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
+                    for tp, offset in wanted.items()
+                }
+            )
+        except KafkaCommitFailedError as exc:
+            raise CommitFailedError(f"group {self.group} rebalanced: {exc}") from exc
+        except (KafkaError, OSError) as exc:
+            raise _translate(exc, f"committing for group {self.group}") from exc
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return frozenset(
+            TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()
+        )
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._consumer.close(autocommit=False)
+            except (KafkaError, OSError) as exc:
+                log.warning("closing consumer of group %s: %s", self.group, exc)
