@@ -105,7 +105,8 @@ def rfc3339_timestamps(draw: st.DrawFn) -> tuple[str, datetime]:
     Fractions have 0-9 digits; Python keeps microseconds, so digits past the sixth are dropped
     from the expected value.
     """
-    naive = draw(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)))
+    # The accepted range is 1970-01-01Z to 2999-12-31Z; a day's margin covers any offset.
+    naive = draw(st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2999, 12, 30)))
     digits = draw(st.text("0123456789", max_size=9))
     naive = naive.replace(microsecond=int(digits[:6].ljust(6, "0")) if digits else 0)
     minutes = draw(st.one_of(st.none(), st.integers(-_MAX_OFFSET_MINUTES, _MAX_OFFSET_MINUTES)))
@@ -403,6 +404,9 @@ _INVALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
                 "24/11/2026 09:30:00Z",
                 "2026-11-24T09:30:00.Z",
                 "0000-01-01T00:00:00Z",
+                "0001-01-01T00:30:00+01:00",
+                "1969-12-31T23:59:59Z",
+                "3000-01-01T00:00:00Z",
                 "yesterday",
                 "",
                 "2026-11-24T09:30:00 Z",
@@ -414,7 +418,7 @@ _INVALID_VALUES: dict[str, st.SearchStrategy[Any]] = {
         st.text(max_size=30).filter(lambda s: not re.match(r"\d{4}-", s)),
         _not_text(),
     ),
-    "schema_version": st.sampled_from([0, 2, -1, "1", True, False, 1.5, [1], {"v": 1}]),
+    "schema_version": st.sampled_from([0, 2, -1, "1", True, False, 1.5, 1.0, [1], {"v": 1}]),
 }
 _INVALID_VALUES["customer_id"] = _INVALID_VALUES["transaction_id"]
 _INVALID_VALUES["merchant_id"] = _INVALID_VALUES["transaction_id"]

@@ -24,7 +24,8 @@ from corepay import (
 from corepay.errors import BackendTimeoutError, UnavailableError
 from corepay.models import Outcome, Path, Transaction, Twin
 from corepay.paths import DecisionPath
-from corepay.services.twin import create_twin_app, update_twin
+from corepay.services.twin import update_twin
+from corepay.services.twin_api import create_twin_app
 from corepay.twin_client import TwinClient
 
 

@@ -9,7 +9,7 @@ recognised against a bounded memory of resolved transactions and ignored.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 import attrs
@@ -87,6 +87,11 @@ class DivergenceDetector:
     def is_pending(self, transaction_id: str) -> bool:
         """Whether one outcome of the transaction is held, waiting for its partner."""
         return transaction_id in self._pending
+
+    def forget(self, transaction_ids: Iterable[str]) -> None:
+        """Drop these half-pairs unresolved (their partition moved to another detector)."""
+        for tid in transaction_ids:
+            self._pending.pop(tid, None)
 
     def pending_outcomes(self) -> Iterator[Outcome]:
         """The half-pairs waiting, oldest first."""

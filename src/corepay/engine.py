@@ -22,8 +22,9 @@ class Engine:
     """Runs both paths on a batch at the same time; one failing never costs the other's outcome.
 
     The live path runs on a worker thread while the simulation path runs on the caller's, so a
-    slow gateway and a slow twin read overlap. A path that raises yields error outcomes
-    (decision ``REVIEW``, ``error`` set) for the whole batch instead of losing it.
+    slow gateway and a slow twin read overlap. When a path raises on a batch, its transactions
+    are decided one by one, and the ones that still fail get an error outcome (decision
+    ``REVIEW``, ``error`` set) instead of being lost.
     """
 
     def __init__(self, live: DecisionPath, simulation: DecisionPath) -> None:
@@ -67,7 +68,10 @@ def _run(
         return path.decide_batch(txns, ingested)
     except Exception:
         # Deliberately broad: whatever broke, every transaction still gets this path's outcome.
-        log.exception("%s path failed on a batch of %d transactions", path.path.value, len(txns))
-        elapsed = (time.perf_counter() - started) * 1000.0 / len(txns)
+        if len(txns) > 1:
+            # Decide them one by one, so one poison transaction does not fail its batch.
+            return [o for t, at in zip(txns, ingested, strict=True) for o in _run(path, [t], [at])]
+        log.exception("%s path failed on transaction %s", path.path.value, txns[0].transaction_id)
+        elapsed = (time.perf_counter() - started) * 1000.0
         code = f"{path.path.value.upper()}_PATH_ERROR"
         return path.failed(txns, ingested, code, elapsed_ms=elapsed)

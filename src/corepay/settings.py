@@ -22,6 +22,7 @@ variable                        setting                        default
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,8 +35,8 @@ __all__ = ["ENV_VARS", "Settings"]
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
-    if value <= 0:
-        raise ConfigurationError(f"{attribute.name} must be positive, got {value}")
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{attribute.name} must be a positive number, got {value}")
 
 
 @attrs.frozen

@@ -39,7 +39,7 @@ class TwinPolicy:
     """
 
     history_size: int = attrs.field(default=20, validator=attrs.validators.ge(1))
-    dedup_window: int = attrs.field(default=256, validator=attrs.validators.ge(1))
+    dedup_window: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
 
 
 def _history_key(entry: HistoryEntry) -> tuple[datetime, str]:

@@ -61,6 +61,8 @@ class HttpTwinClient(TwinClient):
         self._parts = parts
         self.timeout = timeout
         self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._all_lock = threading.Lock()
 
     def _connection(self) -> http.client.HTTPConnection:
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
@@ -72,6 +74,8 @@ class HttpTwinClient(TwinClient):
             )
             conn = cls(self._parts.hostname or "", self._parts.port, timeout=self.timeout)
             self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
         return conn
 
     def _get(self, path: str) -> bytes:
@@ -105,6 +109,9 @@ class HttpTwinClient(TwinClient):
         if conn is not None:
             conn.close()
             self._local.conn = None
+            with self._all_lock:
+                if conn in self._all:
+                    self._all.remove(conn)
 
     def get_many(self, customer_ids: Sequence[str]) -> dict[str, Twin]:
         ids = list(dict.fromkeys(customer_ids))
@@ -124,4 +131,8 @@ class HttpTwinClient(TwinClient):
         return twins
 
     def close(self) -> None:
-        self._reset()
+        """Close every connection, whichever thread opened it."""
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()

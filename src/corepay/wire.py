@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -78,6 +78,8 @@ _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?")
 _RFC3339 = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})"
 )
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 _CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
 _COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
 
@@ -89,11 +91,21 @@ def parse_json(body: bytes | str) -> Any:
         ValidationError: the body is not JSON (the message says where it broke).
     """
     try:
-        return json.loads(body, parse_float=Decimal)
+        return json.loads(body, parse_float=Decimal, object_pairs_hook=_unique_keys)
     except RecursionError:
         raise ValidationError([FieldError("body", "is nested too deeply")]) from None
     except ValueError as exc:  # bad JSON, bad UTF-8, or a number too long to convert
         raise ValidationError([FieldError("body", f"is not valid JSON: {exc}")]) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        names = [k for k, _ in pairs]
+        twice = next(k for k in names if names.count(k) > 1)
+        # Parsers disagree on which copy wins, so a body that says two things is refused.
+        raise ValidationError([FieldError(twice, "is given more than once")])
+    return obj
 
 
 def parse_transaction(data: Any) -> Transaction:
@@ -113,7 +125,7 @@ def parse_transaction(data: Any) -> Transaction:
         if name not in TRANSACTION_FIELDS and name not in _OPTIONAL_FIELDS
     )
     version = data.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != SCHEMA_VERSION:
         errors.append(FieldError("schema_version", f"must be {SCHEMA_VERSION} when given"))
     values: dict[str, Any] = {}
     for name in TRANSACTION_FIELDS:
@@ -151,6 +163,8 @@ def _amount(value: Any) -> Decimal:
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -MAX_AMOUNT_PLACES:
         raise ValueError(f"must have at most {MAX_AMOUNT_PLACES} decimal places")
+    if isinstance(exponent, int) and exponent > 0:
+        amount = amount.quantize(Decimal(1))  # 1E+2 travels as "100", never in exponent form
     return amount
 
 
@@ -188,9 +202,12 @@ def _timestamp(value: Any) -> datetime:
     fraction = (fraction or "")[:7]  # Python keeps microseconds; finer digits are dropped.
     offset = "+00:00" if offset in ("Z", "z") else offset
     try:
-        return datetime.fromisoformat(f"{date}T{time}{fraction}{offset}")
+        moment = datetime.fromisoformat(f"{date}T{time}{fraction}{offset}")
     except ValueError as exc:
         raise ValueError(f"is not a valid date-time: {exc}") from None
+    if not _EARLIEST <= moment <= _LATEST:
+        raise ValueError("must be between 1970-01-01T00:00:00Z and 2999-12-31T23:59:59Z")
+    return moment
 
 
 _FIELD_RULES: dict[str, Callable[[Any], Any]] = {
@@ -222,7 +239,7 @@ def transaction_to_wire(txn: Transaction) -> dict[str, Any]:
         "schema_version": SCHEMA_VERSION,
         "transaction_id": txn.transaction_id,
         "customer_id": txn.customer_id,
-        "amount": str(txn.amount),
+        "amount": format(txn.amount, "f"),
         "currency": txn.currency,
         "merchant_id": txn.merchant_id,
         "merchant_category": txn.merchant_category,
@@ -339,19 +356,13 @@ def _load(data: bytes | str | Mapping[str, Any], what: str) -> Mapping[str, Any]
     return obj
 
 
-def _trusted_transaction(d: Mapping[str, Any]) -> Transaction:
-    # Embedded in CorePay's own messages, already validated at ingestion: no rule checks.
-    return Transaction(
-        transaction_id=d["transaction_id"],
-        customer_id=d["customer_id"],
-        amount=Decimal(d["amount"]),
-        currency=d["currency"],
-        merchant_id=d["merchant_id"],
-        merchant_category=d["merchant_category"],
-        country=d["country"],
-        channel=d["channel"],
-        timestamp=datetime.fromisoformat(d["timestamp"]),
-    )
+def _embedded_transaction(d: Any) -> Transaction:
+    # Any producer can write to an outcome topic, so the embedded transaction is checked by
+    # the same rules as at ingestion: a bad one is a DecodeError, never a bad key downstream.
+    try:
+        return parse_transaction(d)
+    except ValidationError as exc:
+        raise ValueError(f"embedded transaction: {exc}") from None
 
 
 def _optional_time(value: str | None) -> datetime | None:
@@ -373,7 +384,7 @@ def decode_transaction(data: bytes | str) -> Transaction:
 def _outcome_from(d: Mapping[str, Any]) -> Outcome:
     t = d["timings"]
     return Outcome(
-        transaction=_trusted_transaction(d["transaction"]),
+        transaction=_embedded_transaction(d["transaction"]),
         path=Path(d["path"]),
         decision=Decision(d["decision"]),
         score=None if d["score"] is None else float(d["score"]),

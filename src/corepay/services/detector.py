@@ -6,6 +6,7 @@ held in memory is never lost with the process: after a restart it is read again.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
@@ -24,6 +25,8 @@ from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.wire import decode_outcome, encode_alert
 
 __all__ = ["DetectorService"]
+
+log = logging.getLogger(__name__)
 
 
 class DetectorService(ConsumerService):
@@ -63,10 +66,14 @@ class DetectorService(ConsumerService):
         # redelivered copy read later is tied to them (re-read together, or not at all).
         self._resolved_at: dict[str, tuple[tuple[TopicPartition, int], ...]] = {}
         self.link_window = link_window
+        self._tid_at: dict[tuple[TopicPartition, int], str] = {}
+        self._last_cut: dict[TopicPartition, int] = {}
 
     def handle(self, messages: Sequence[Message]) -> Handled:
         records: list[Record] = []
         now = self.clock()
+        owned = self.consumer.assignment()
+        self._forget(set(self._next) - owned)
         for message in messages:
             tp = message.topic_partition
             self._next[tp] = message.offset + 1
@@ -85,16 +92,42 @@ class DetectorService(ConsumerService):
                     self._remember(tid, (held, here))
             if not pairings and tid in self._resolved_at:
                 # A copy of a resolved transaction: were it re-read alone after a restart, it
-                # would wait for a partner that is not coming and raise a false MISSING_*.
-                self._pairs.extend((*here, *there) for there in self._resolved_at[tid])
+                # would wait for a partner that is not coming and raise a false MISSING_*. Tie
+                # it to the halves not committed yet (committed ones are not read again).
+                self._pairs.extend(
+                    (*here, *there)
+                    for there in self._resolved_at[tid]
+                    if there[0] in self._next and there[1] >= self._last_cut.get(there[0], 0)
+                )
             if tid not in self._held_at and self.detector.is_pending(tid):
                 # This message is the half-pair now held: its offset may not be committed yet.
                 self._held.setdefault(tp, {})[message.offset] = None
-                self._held_at[tid] = (tp, message.offset)
+                self._held_at[tid] = here
+                self._tid_at[here] = tid
         for pairing in self.detector.expire(now):
             self._release(pairing, records)
+        return Handled(records, self.safe_commit())
+
+    def safe_commit(self) -> dict[TopicPartition, int]:
         owned = self.consumer.assignment()
-        return Handled(records, {tp: o for tp, o in self._cut().items() if tp in owned})
+        self._last_cut = self._cut()
+        return {tp: offset for tp, offset in self._last_cut.items() if tp in owned}
+
+    def _forget(self, lost: set[TopicPartition]) -> None:
+        """Drop what came from partitions another member now owns: it reads them again."""
+        if not lost:
+            return
+        for tp in lost:
+            for offset in self._held.pop(tp, {}):
+                del self._held_at[self._tid_at.pop((tp, offset))]
+            self._next.pop(tp, None)
+            self._last_cut.pop(tp, None)
+        self._pairs = [p for p in self._pairs if p[0] not in lost and p[2] not in lost]
+        self.detector.forget(
+            o.transaction_id
+            for o in list(self.detector.pending_outcomes())
+            if o.transaction_id not in self._held_at
+        )
 
     def _remember(self, tid: str, where: tuple[tuple[TopicPartition, int], ...]) -> None:
         self._resolved_at[tid] = where
@@ -107,11 +140,17 @@ class DetectorService(ConsumerService):
         held = self._held_at.pop(pairing.transaction_id, None)
         if held is not None:
             del self._held[held[0]][held[1]]
+            del self._tid_at[held]
         if pairing.alert is not None:
             alert = pairing.alert
             records.append(Record(DIVERGENCE_ALERT, alert.customer_id, encode_alert(alert)))
         if self.on_pairing is not None:
-            self.on_pairing(pairing)
+            try:
+                self.on_pairing(pairing)
+            except Exception:
+                # An observer's failure must not fail the batch: the pair is already resolved,
+                # so a retried batch would no longer publish its alert.
+                log.exception("on_pairing callback failed for %s", pairing.transaction_id)
         return held
 
     def _cut(self) -> dict[TopicPartition, int]:

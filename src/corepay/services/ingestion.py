@@ -14,7 +14,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from corepay.bus import Bus
-from corepay.errors import BackendError, ValidationError
+from corepay.errors import BackendError, BackendTimeoutError, ValidationError
 from corepay.ingest import Ingestor
 from corepay.settings import Settings
 from corepay.wire import parse_json
@@ -62,6 +62,16 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
                 str(exc),
                 fields=[{"field": e.field, "message": e.message} for e in exc.errors],
             )
+        except BackendTimeoutError as exc:
+            log.warning("bus did not confirm a transaction: %s", exc)
+            response, status = _problem(
+                503,
+                "bus_timeout",
+                "the bus did not confirm the transaction in time, so it may or may not have "
+                "been taken; retry with the same transaction_id",
+            )
+            response.headers["Retry-After"] = "1"
+            return response, status
         except BackendError as exc:
             log.warning("bus did not take a transaction: %s", exc)
             response, status = _problem(

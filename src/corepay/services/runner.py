@@ -67,6 +67,7 @@ class ConsumerService(ABC):
         self.consumer = bus.consumer(self.group, self.topics)
         self._inflight: list[Message] = []
         self._handled: Handled | None = None
+        self._retrying = False
         self._attempts = 0
         self._backoff = 0.0
         self.processed = 0
@@ -75,55 +76,76 @@ class ConsumerService(ABC):
     def handle(self, messages: Sequence[Message]) -> Handled:
         """Handle a batch (possibly empty: services with timers act on time passing)."""
 
+    def safe_commit(self) -> Mapping[TopicPartition, int] | None:
+        """What may be committed when a batch is dead-lettered (``None``: all polled).
+
+        Services that hold messages across batches override it with their safe offsets.
+        """
+        return None
+
     def poll_once(self, timeout: float = 0.5) -> int:
-        """Poll (or retry the batch in hand), handle, publish, commit. Returns messages handled."""
-        if self._inflight:
+        """Poll (or retry the batch in hand), handle, publish, commit. Returns messages handled.
+
+        Never raises for a backend that is down: it logs, backs off, and the next call retries.
+        """
+        if self._retrying:
             time.sleep(self._backoff)
             messages = self._inflight
         else:
-            messages = self.consumer.poll(self.max_records, timeout)
+            try:
+                messages = self.consumer.poll(self.max_records, timeout)
+            except BackendError as exc:
+                self._retry_later([], exc, repoll=True)
+                return 0
         try:
             # A batch handled but not yet published is not handled again: handling changed
             # the service's state (a detector's pairs), so only the publish is retried.
             if self._handled is None:
-                self._handled = self._handle_or_dead_letter(messages)
+                self._handled = self.handle(messages)
             self.bus.publish_many(self._handled.records)
-        except Exception as exc:
-            self._retry_later(messages, exc)
+        except BackendError as exc:
+            self._retry_later(messages, exc)  # the bus or store is down: retry until it is back
             return 0
-        handled = self._handled
-        self._inflight, self._handled, self._attempts, self._backoff = [], None, 0, 0.0
-        self._commit(handled.commit)
-        self.processed += len(messages)
-        return len(messages)
-
-    def _handle_or_dead_letter(self, messages: list[Message]) -> Handled:
-        try:
-            return self.handle(messages)
-        except BackendError:
-            raise  # the store or bus is down: retry until it is back, however long
         except Exception as exc:
             self._attempts += 1
             if self._attempts < self.max_attempts:
                 log.exception("%s: batch failed (attempt %d)", self.group, self._attempts)
-                raise
+                self._handled = None
+                self._retry_later(messages, exc)
+                return 0
             log.exception(
                 "%s: batch failed %d times; dead-lettering it", self.group, self._attempts
             )
-            return Handled([dead_letter(m, f"{type(exc).__name__}: {exc}") for m in messages])
+            error = f"{type(exc).__name__}: {exc}"
+            self._handled = Handled([dead_letter(m, error) for m in messages], self.safe_commit())
+            try:
+                self.bus.publish_many(self._handled.records)
+            except BackendError as down:
+                self._retry_later(messages, down)
+                return 0
+        handled = self._handled
+        self._inflight, self._handled, self._retrying = [], None, False
+        self._attempts, self._backoff = 0, 0.0
+        self._commit(handled.commit)
+        self.processed += len(messages)
+        return len(messages)
 
-    def _retry_later(self, messages: list[Message], exc: Exception) -> None:
-        self._inflight = messages
+    def _retry_later(self, messages: list[Message], exc: Exception, repoll: bool = False) -> None:
+        self._inflight, self._retrying = messages, not repoll
         self._backoff = min(max(self._backoff * 2, 0.05), 5.0)
+        if repoll:
+            time.sleep(self._backoff)
         log.warning(
             "%s: %s; retrying %d messages in %.2f s", self.group, exc, len(messages), self._backoff
         )
 
     def _commit(self, offsets: Mapping[TopicPartition, int] | None) -> None:
+        # A failed commit loses nothing: the next batch's commit covers these offsets too, and
+        # at worst the group reads them again.
         try:
             self.consumer.commit(offsets)
-        except CommitFailedError as exc:
-            log.warning("%s: %s", self.group, exc)
+        except (CommitFailedError, BackendError) as exc:
+            log.warning("%s: commit failed: %s", self.group, exc)
 
     def run(self, stop: threading.Event, *, timeout: float = 0.5) -> None:
         """Poll until ``stop`` is set, then finish the batch in hand, commit and leave."""

@@ -21,7 +21,8 @@ from corepay.paths import LivePath, SimulationPath
 from corepay.services.detector import DetectorService
 from corepay.services.engine import EngineService
 from corepay.services.ingestion import create_app
-from corepay.services.twin import TwinService, create_twin_app
+from corepay.services.twin import TwinService
+from corepay.services.twin_api import create_twin_app
 from corepay.settings import Settings
 from corepay.twin_client import HttpTwinClient
 
@@ -73,9 +74,11 @@ def _engine(settings: Settings, stop: threading.Event) -> None:
     bus.ensure_topics(ALL_TOPICS)
     twins = HttpTwinClient(settings.twin_url)
     engine = Engine(LivePath(SimulatedGateway(settings.gateway_seed)), SimulationPath(twins))
-    with bus, engine:
-        EngineService(bus, engine, max_records=settings.batch_size).run(stop)
-    twins.close()
+    try:
+        with bus, engine:
+            EngineService(bus, engine, max_records=settings.batch_size).run(stop)
+    finally:
+        twins.close()
 
 
 def _twin(settings: Settings, stop: threading.Event) -> None:
@@ -83,7 +86,14 @@ def _twin(settings: Settings, stop: threading.Event) -> None:
     bus.ensure_topics(ALL_TOPICS)
     with bus, open_store(settings.store_url) as store:
         service = TwinService(bus, store, max_records=settings.batch_size)
-        worker = threading.Thread(target=service.run, args=(stop,), name="corepay-twin-updater")
+
+        def update() -> None:
+            try:
+                service.run(stop)
+            finally:
+                stop.set()  # a dead updater must not leave the API answering as if all is well
+
+        worker = threading.Thread(target=update, name="corepay-twin-updater")
         worker.start()
         try:
             _serve_http(

@@ -1,4 +1,4 @@
-"""The digital twin service: applies live outcomes to twins, and serves twins over HTTP.
+"""The digital twin service: applies live outcomes to twins (its HTTP API: ``twin_api``).
 
 Updates are a compare-and-swap loop: read the twin, apply the outcomes (a pure function), store
 it if nobody wrote in between, otherwise read again. Applying an outcome twice changes nothing.
@@ -11,17 +11,15 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 
-from flask import Flask, Response, jsonify, request
-
 from corepay.bus import LIVE_OUTCOME, Bus, Message, Record
-from corepay.errors import BackendError, ConflictError, DecodeError
+from corepay.errors import BackendError, ConfigurationError, ConflictError, DecodeError
 from corepay.models import Outcome
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.store import TwinStore
 from corepay.twin import TwinPolicy, apply_outcomes
-from corepay.wire import decode_outcome, twin_to_wire
+from corepay.wire import decode_outcome
 
-__all__ = ["TwinService", "create_twin_app", "update_twin"]
+__all__ = ["TwinService", "update_twin"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +75,13 @@ class TwinService(ConsumerService):
         self, bus: Bus, store: TwinStore, *, policy: TwinPolicy = TwinPolicy(), **kwargs: object
     ) -> None:
         super().__init__(bus, **kwargs)  # type: ignore[arg-type]
+        if policy.dedup_window < self.max_records:
+            # A redelivered batch could hold more of one customer's outcomes than the twin
+            # remembers, and those would count twice.
+            raise ConfigurationError(
+                f"twin dedup_window ({policy.dedup_window}) must be at least the batch size "
+                f"({self.max_records})"
+            )
         self.store = store
         self.policy = policy
         self.conflicts = 0
@@ -99,38 +104,3 @@ class TwinService(ConsumerService):
             self.conflicts += conflicts
             self.customers.add(customer_id)
         return Handled(records)
-
-
-def create_twin_app(store: TwinStore) -> Flask:
-    """The twin service's internal HTTP API.
-
-    - ``GET /v1/twins/<customer_id>``: the twin (404 when the customer has none).
-    - ``GET /v1/twins?customer_id=a&customer_id=b``: ``{"twins": [...]}`` for those that exist.
-    - ``GET /healthz``.
-    """
-    app = Flask("corepay.twin")
-
-    @app.get("/v1/twins/<customer_id>")
-    def get_twin(customer_id: str) -> tuple[Response, int]:
-        twin = store.get(customer_id)
-        if twin is None:
-            return jsonify(
-                {"error": "not_found", "message": f"no twin for customer {customer_id!r}"}
-            ), 404
-        return jsonify(twin_to_wire(twin)), 200
-
-    @app.get("/v1/twins")
-    def get_twins() -> tuple[Response, int]:
-        ids = request.args.getlist("customer_id")
-        if not ids or len(ids) > 1000:
-            return jsonify(
-                {"error": "bad_request", "message": "give 1 to 1000 customer_id parameters"}
-            ), 400
-        twins = store.get_many(ids)
-        return jsonify({"twins": [twin_to_wire(t) for t in twins.values()]}), 200
-
-    @app.get("/healthz")
-    def healthz() -> tuple[Response, int]:
-        return jsonify({"status": "ok"}), 200
-
-    return app

@@ -1,0 +1,45 @@
+"""The twin service's internal HTTP API, which the engine reads twins through."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, jsonify, request
+
+from corepay.store import TwinStore
+from corepay.wire import twin_to_wire
+
+__all__ = ["create_twin_app"]
+
+
+def create_twin_app(store: TwinStore) -> Flask:
+    """The twin service's internal HTTP API.
+
+    - ``GET /v1/twins/<customer_id>``: the twin (404 when the customer has none).
+    - ``GET /v1/twins?customer_id=a&customer_id=b``: ``{"twins": [...]}`` for those that exist.
+    - ``GET /healthz``.
+    """
+    app = Flask("corepay.twin")
+
+    @app.get("/v1/twins/<customer_id>")
+    def get_twin(customer_id: str) -> tuple[Response, int]:
+        twin = store.get(customer_id)
+        if twin is None:
+            return jsonify(
+                {"error": "not_found", "message": f"no twin for customer {customer_id!r}"}
+            ), 404
+        return jsonify(twin_to_wire(twin)), 200
+
+    @app.get("/v1/twins")
+    def get_twins() -> tuple[Response, int]:
+        ids = request.args.getlist("customer_id")
+        if not ids or len(ids) > 1000:
+            return jsonify(
+                {"error": "bad_request", "message": "give 1 to 1000 customer_id parameters"}
+            ), 400
+        twins = store.get_many(ids)
+        return jsonify({"twins": [twin_to_wire(t) for t in twins.values()]}), 200
+
+    @app.get("/healthz")
+    def healthz() -> tuple[Response, int]:
+        return jsonify({"status": "ok"}), 200
+
+    return app

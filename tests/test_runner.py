@@ -1,0 +1,223 @@
+"""The consumer loop under failure: nothing skipped, nothing lost, nothing retried forever."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pytest
+
+from corepay import MemoryBus, MemoryTwinStore, Pipeline, TrafficGenerator
+from corepay.backends.memory import partition_for
+from corepay.bus import (
+    DIVERGENCE_ALERT,
+    LIVE_OUTCOME,
+    RAW_TRANSACTIONS,
+    SIMULATION_OUTCOME,
+    Delivery,
+    Message,
+    Record,
+    dead_letter_topic,
+)
+from corepay.divergence import DivergenceDetector
+from corepay.errors import ConfigurationError, UnavailableError
+from corepay.models import Decision, Path
+from corepay.services.detector import DetectorService
+from corepay.services.runner import Handled
+from corepay.services.twin import TwinService
+from corepay.settings import Settings
+from corepay.twin import TwinPolicy
+from corepay.wire import decode_alert, encode_outcome
+from test_divergence import _outcome
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff_sleep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("corepay.services.runner.time.sleep", lambda s: None)
+
+
+def _publish(
+    bus: MemoryBus,
+    tid: str,
+    path: Path,
+    customer: str = "cust-1",
+    decision: Decision = Decision.APPROVE,
+) -> Delivery:
+    topic = LIVE_OUTCOME if path is Path.LIVE else SIMULATION_OUTCOME
+    return bus.publish(topic, customer, encode_outcome(_outcome(tid, customer, path, decision)))
+
+
+def _alerts(bus: MemoryBus) -> list[tuple[str, str]]:
+    return [
+        (a.transaction_id, a.kind.value)
+        for a in (decode_alert(m.value) for m in bus.messages(DIVERGENCE_ALERT))
+    ]
+
+
+class _RefusingBus(MemoryBus):
+    """Refuses to publish to ``topic`` the next ``refusals`` times."""
+
+    def __init__(self, topic: str, refusals: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.topic, self.refusals = topic, refusals
+
+    def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
+        records = list(records)
+        if self.refusals and any(r.topic == self.topic for r in records):
+            self.refusals -= 1
+            raise UnavailableError("broker unreachable")
+        return super().publish_many(records)
+
+
+class _Clock:
+    now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_timer_alert_the_bus_refused_is_retried_before_anything_new_is_read() -> None:
+    bus = _RefusingBus(DIVERGENCE_ALERT, refusals=2, partitions=1)
+    clock = _Clock()
+    service = DetectorService(bus, DivergenceDetector(timeout=30), clock=clock)
+    _publish(bus, "lonely", Path.LIVE)
+    service.poll_once(0)
+    clock.now += 60  # the lone half expires on the next, empty, poll: its alert is refused
+    assert service.poll_once(0) == 0
+    _publish(bus, "later", Path.LIVE, decision=Decision.DECLINE)
+    _publish(bus, "later", Path.SIMULATION)
+    for _ in range(6):
+        service.poll_once(0)
+    assert sorted(_alerts(bus)) == [
+        ("later", "DECISION_MISMATCH"),
+        ("lonely", "MISSING_SIMULATION"),
+    ]
+
+
+class _Buggy(DetectorService):
+    """A detector service whose handling breaks on a batch holding a 'poison' outcome."""
+
+    def handle(self, messages: Sequence[Message]) -> Handled:
+        handled = super().handle(messages)
+        if any(b"poison" in m.value for m in messages):
+            raise RuntimeError("bug")
+        return handled
+
+
+def test_a_dead_lettered_batch_does_not_commit_past_a_held_half() -> None:
+    bus = MemoryBus(partitions=1)
+    clock = _Clock()
+    service = _Buggy(bus, DivergenceDetector(timeout=30), clock=clock)
+    held = _publish(bus, "held", Path.LIVE, decision=Decision.DECLINE)
+    _publish(bus, "poison", Path.LIVE)
+    for _ in range(service.max_attempts):
+        service.poll_once(0)
+    assert len(bus.messages(dead_letter_topic(LIVE_OUTCOME))) >= 1
+    assert bus.committed(service.group)[(LIVE_OUTCOME, 0)] <= held.offset
+    service.close()
+    restarted = DetectorService(bus, DivergenceDetector(timeout=30), clock=clock)
+    _publish(bus, "held", Path.SIMULATION)
+    for _ in range(3):
+        restarted.poll_once(0)
+    assert ("held", "DECISION_MISMATCH") in _alerts(bus)
+
+
+def test_an_outcome_with_a_bad_embedded_transaction_is_dead_lettered_at_once() -> None:
+    bus = MemoryBus(partitions=1)
+    service = DetectorService(bus, DivergenceDetector(timeout=30), clock=_Clock())
+    bad = json.loads(encode_outcome(_outcome("bad", "cust-1", Path.LIVE, Decision.APPROVE)))
+    bad["transaction"]["customer_id"] = 5
+    bus.publish(LIVE_OUTCOME, "cust-1", json.dumps(bad).encode())
+    _publish(bus, "fine", Path.LIVE, decision=Decision.DECLINE)
+    _publish(bus, "fine", Path.SIMULATION)
+    assert service.poll_once(0) == 3
+    [dead] = bus.messages(dead_letter_topic(LIVE_OUTCOME))
+    assert "customer_id" in dead.headers["corepay-error"]
+    assert _alerts(bus) == [("fine", "DECISION_MISMATCH")]
+
+
+class _PollFailsOnce:
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.failed = inner, False
+
+    def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Message]:
+        if not self.failed:
+            self.failed = True
+            raise UnavailableError("broker unreachable")
+        return list(self.inner.poll(max_records, timeout))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_poll_that_fails_is_retried_and_the_loop_lives_on() -> None:
+    bus = MemoryBus(partitions=1)
+    service = DetectorService(bus, DivergenceDetector(timeout=30), clock=_Clock())
+    service.consumer = _PollFailsOnce(service.consumer)  # type: ignore[assignment]
+    _publish(bus, "t", Path.LIVE, decision=Decision.DECLINE)
+    _publish(bus, "t", Path.SIMULATION)
+    assert service.poll_once(0) == 0
+    assert service.poll_once(0) == 2
+    assert _alerts(bus) == [("t", "DECISION_MISMATCH")]
+
+
+def test_a_detector_that_loses_a_partition_forgets_its_halves_there() -> None:
+    bus = MemoryBus(partitions=2)
+    clock = _Clock()
+    first = DetectorService(bus, DivergenceDetector(timeout=30), clock=clock)
+    customer = next(f"c{i}" for i in range(100) if partition_for(f"c{i}", 2) == 1)
+    _publish(bus, "moving", Path.LIVE, customer=customer)
+    first.poll_once(0)
+    second = DetectorService(bus, DivergenceDetector(timeout=30), clock=clock)
+    assert {tp.partition for tp in second.consumer.assignment()} == {1}
+    _publish(bus, "moving", Path.SIMULATION, customer=customer, decision=Decision.REVIEW)
+    for service in (first, second, first, second):
+        service.poll_once(0)
+    clock.now += 60
+    for service in (first, second):
+        service.poll_once(0)
+    # The new owner pairs it; the old one must not also call it missing.
+    assert _alerts(bus) == [("moving", "DECISION_MISMATCH")]
+
+
+def test_a_twin_service_refuses_a_dedup_window_smaller_than_its_batch() -> None:
+    with pytest.raises(ConfigurationError, match="dedup_window"):
+        TwinService(
+            MemoryBus(), MemoryTwinStore(), policy=TwinPolicy(dedup_window=100), max_records=500
+        )
+
+
+def test_a_redelivered_batch_of_one_customer_counts_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    bus, store = MemoryBus(partitions=1), MemoryTwinStore()
+    for i in range(600):
+        _publish(bus, f"t{i}", Path.LIVE)
+    first = TwinService(bus, store, max_records=600, policy=TwinPolicy(dedup_window=600))
+    first.handle(first.consumer.poll(600, 0))  # applied, then crashed before committing
+    first.close()
+    second = TwinService(bus, store, max_records=600, policy=TwinPolicy(dedup_window=600))
+    assert second.poll_once(0) == 600
+    twin = store.get("cust-1")
+    assert twin is not None and twin.count == 600
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_a_pairing_timeout_must_be_a_positive_number(value: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"COREPAY_PAIRING_TIMEOUT|pairing_timeout"):
+        Settings.from_env({"COREPAY_PAIRING_TIMEOUT": value})
+
+
+def test_an_amount_sent_in_exponent_form_is_decided_like_any_other() -> None:
+    bus = MemoryBus()
+    request = next(TrafficGenerator(customers=1).requests(1))
+    body = json.dumps({**request, "amount": 0}).replace('"amount": 0', '"amount": 1e2')
+    from corepay.wire import parse_json
+
+    with Pipeline(bus) as pipeline:
+        accepted = pipeline.submit(parse_json(body))
+        pipeline.drain()
+    assert str(accepted.transaction.amount) == "100"
+    [raw] = bus.messages(RAW_TRANSACTIONS)
+    assert json.loads(raw.value)["amount"] == "100"
+    assert len(bus.messages(LIVE_OUTCOME)) == 1
+    assert not bus.messages(dead_letter_topic(RAW_TRANSACTIONS))
