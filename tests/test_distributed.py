@@ -1,0 +1,180 @@
+"""The whole pipeline over a real Kafka broker, each service its own ``corepay serve`` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corepay import TrafficGenerator
+from corepay.backends.kafka import KafkaBus
+from corepay.bus import DIVERGENCE_ALERT, LIVE_OUTCOME, SIMULATION_OUTCOME
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+BOOTSTRAP = os.environ.get("COREPAY_TEST_KAFKA_BOOTSTRAP", "").strip()
+if not BOOTSTRAP:
+    if os.environ.get("CI") == "true":
+        pytest.fail(
+            "CI=true, so the Kafka pipeline must be tested: set COREPAY_TEST_KAFKA_BOOTSTRAP"
+        )
+    pytest.skip(
+        "needs a broker: scripts/kafka start, then set COREPAY_TEST_KAFKA_BOOTSTRAP",
+        allow_module_level=True,
+    )
+
+BUS_URL = f"kafka://{BOOTSTRAP}?partitions=4&session_timeout_ms=6000&heartbeat_interval_ms=1000"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str, body: bytes | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        url, data=body, headers={"Content-Type": "application/json"} if body else {}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+class Services:
+    """Starts ``corepay serve`` processes and stops them all at the end."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.twin_port = _free_port()
+        self.ingestion_port = _free_port()
+
+    def start(self, name: str, service: str, *args: str) -> None:
+        env = {**os.environ, "COREPAY_BUS_URL": BUS_URL, "COREPAY_LOG_LEVEL": "INFO"}
+        with (self.logs / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "corepay", "serve", service, *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_http(self, port: int, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                if _get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"nothing answered on port {port}: {self.tail()}")
+
+    def tail(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in self.logs.iterdir()
+        )
+
+    def stop(self, name: str) -> int:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return -9
+
+    def stop_all(self) -> dict[str, int]:
+        return {name: self.stop(name) for name in list(self.procs)}
+
+
+@pytest.fixture
+def services() -> Iterator[Services]:
+    with tempfile.TemporaryDirectory(prefix="corepay-dist-") as logs:
+        running = Services(Path(logs))
+        try:
+            yield running
+        finally:
+            running.stop_all()
+
+
+def _read_topics(ids: set[str], deadline: float) -> dict[str, list[dict]]:
+    """Both outcome topics and the alerts, from the start, for transactions in ``ids``: until
+    each outcome topic has all of them, then two seconds more, so any copy shows up too."""
+    topics = (LIVE_OUTCOME, SIMULATION_OUTCOME, DIVERGENCE_ALERT)
+    found: dict[str, list[dict]] = {t: [] for t in topics}
+    complete_at: float | None = None
+    with KafkaBus([BOOTSTRAP]) as bus, bus.consumer(f"test-{uuid.uuid4().hex}", topics) as reader:
+        while time.monotonic() < (complete_at or deadline):
+            for message in reader.poll(500, 0.5):
+                value = json.loads(message.value)
+                if value["transaction_id"] in ids:
+                    found[message.topic].append(value)
+            if complete_at is None and all(
+                {v["transaction_id"] for v in found[t]} >= ids
+                for t in (LIVE_OUTCOME, SIMULATION_OUTCOME)
+            ):
+                complete_at = time.monotonic() + 2.0
+    return found
+
+
+def test_four_services_as_processes_over_kafka_decide_every_transaction_once(
+    services: Services,
+) -> None:
+    deadline = time.monotonic() + 120
+    services.start("twin", "twin", "--port", str(services.twin_port))
+    services.wait_http(services.twin_port, deadline)
+    services.start("engine", "engine", "--twin-url", f"http://127.0.0.1:{services.twin_port}")
+    services.start("detector", "detector")
+    services.start("ingestion", "ingestion", "--port", str(services.ingestion_port))
+    services.wait_http(services.ingestion_port, deadline)
+
+    seed = uuid.uuid4().int % 1_000_000
+    requests = list(TrafficGenerator(customers=30, seed=seed).requests(300))
+    url = f"http://127.0.0.1:{services.ingestion_port}/v1/transactions"
+    for request in requests:
+        status, body = _get(url, json.dumps(request).encode())
+        assert status == 202, body
+    ids = {r["transaction_id"] for r in requests}
+
+    found = _read_topics(ids, time.monotonic() + 120)
+    live, simulation = found[LIVE_OUTCOME], found[SIMULATION_OUTCOME]
+    assert sorted(o["transaction_id"] for o in live) == sorted(ids), services.tail()
+    assert sorted(o["transaction_id"] for o in simulation) == sorted(ids)
+
+    # Alerts exactly for the divergent transactions, one each.
+    by_id = {o["transaction_id"]: o for o in live}
+    divergent = {
+        s["transaction_id"]
+        for s in simulation
+        if s["error"]
+        or by_id[s["transaction_id"]]["error"]
+        or s["decision"] != by_id[s["transaction_id"]]["decision"]
+    }
+    alerts = Counter(a["transaction_id"] for a in found[DIVERGENCE_ALERT])
+    assert set(alerts) == divergent and set(alerts.values()) <= {1}
+
+    # Twins, read from the twin service, count exactly each customer's live outcomes.
+    per_customer = Counter(o["customer_id"] for o in live)
+    time.sleep(1.0)
+    query = "&".join(f"customer_id={c}" for c in per_customer)
+    status, body = _get(f"http://127.0.0.1:{services.twin_port}/v1/twins?{query}")
+    assert status == 200
+    assert {t["customer_id"]: t["count"] for t in body["twins"]} == dict(per_customer)
+
+    assert services.stop_all() == {"twin": 0, "engine": 0, "detector": 0, "ingestion": 0}
