@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -111,6 +112,7 @@ class KafkaBus(Bus):
             "batch_size": batch_size,
             "compression_type": None if compression_type == "none" else compression_type,
             "max_block_ms": int(publish_timeout * 1000),
+            "bootstrap_timeout_ms": int(publish_timeout * 1000),
             "request_timeout_ms": max(int(publish_timeout * 1000), 1000),
             "retry_backoff_ms": 100,
         }
@@ -123,6 +125,7 @@ class KafkaBus(Bus):
             "heartbeat_interval_ms": heartbeat_interval_ms,
             "max_poll_interval_ms": max_poll_interval_ms,
             "metadata_max_age_ms": 30000,
+            "bootstrap_timeout_ms": int(publish_timeout * 1000),
         }
         self._lock = threading.Lock()
         self._producer: KafkaProducer | None = None
@@ -157,11 +160,30 @@ class KafkaBus(Bus):
     def __repr__(self) -> str:
         return f"KafkaBus({','.join(self.bootstrap_servers)}, partitions={self.partitions})"
 
+    def _check_reachable(self) -> None:
+        # Before building a kafka-python client: one whose bootstrap fails raises from its
+        # constructor and leaves its sockets open, and takes the whole timeout to do so.
+        last: OSError | None = None
+        for server in self.bootstrap_servers:
+            host, _, port = server.rpartition(":")
+            try:
+                with socket.create_connection(
+                    (host.strip("[]") or "localhost", int(port or 9092)),
+                    timeout=min(self.publish_timeout, 5.0),
+                ):
+                    return
+            except (OSError, ValueError) as exc:
+                last = exc if isinstance(exc, OSError) else OSError(str(exc))
+        raise UnavailableError(
+            f"Kafka at {','.join(self.bootstrap_servers)} is unreachable: {last}"
+        )
+
     # --- producing ---------------------------------------------------------------------------
 
     def _get_producer(self) -> KafkaProducer:
         with self._lock:
             if self._producer is None:
+                self._check_reachable()
                 try:
                     self._producer = KafkaProducer(**self._producer_config)
                 except (KafkaError, OSError) as exc:
@@ -207,11 +229,13 @@ class KafkaBus(Bus):
 
     def _get_admin(self) -> KafkaAdminClient:
         if self._admin is None:
+            self._check_reachable()
             try:
                 self._admin = KafkaAdminClient(
                     bootstrap_servers=self.bootstrap_servers,
                     client_id=self._producer_config["client_id"] + "-admin",
                     request_timeout_ms=max(int(self.publish_timeout * 1000), 1000),
+                    bootstrap_timeout_ms=int(self.publish_timeout * 1000),
                 )
             except (KafkaError, OSError) as exc:
                 raise UnavailableError(
@@ -268,6 +292,7 @@ class KafkaBus(Bus):
         if not topics:
             raise ConfigurationError("a consumer needs at least one topic")
         self._ensure(topics)
+        self._check_reachable()
         return KafkaConsumerMember(group, topics, self._consumer_config)
 
     def close(self) -> None:
