@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -178,3 +179,61 @@ def test_four_services_as_processes_over_kafka_decide_every_transaction_once(
     assert {t["customer_id"]: t["count"] for t in body["twins"]} == dict(per_customer)
 
     assert services.stop_all() == {"twin": 0, "engine": 0, "detector": 0, "ingestion": 0}
+
+
+def _kcat(*args: str, data: bytes | None = None) -> str:
+    kcat = shutil.which("kcat")
+    if kcat is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true, so interoperability with kcat must be tested: install kcat")
+        pytest.skip("kcat is not installed (scripts/test installs the Debian package kcat)")
+    result = subprocess.run(
+        [kcat, "-b", BOOTSTRAP, *args], input=data, capture_output=True, timeout=60, check=True
+    )
+    return result.stdout.decode()
+
+
+def test_a_kafka_client_corepay_did_not_write_can_feed_it_and_read_its_verdicts(
+    services: Services,
+) -> None:
+    deadline = time.monotonic() + 120
+    services.start("twin", "twin", "--port", str(services.twin_port))
+    services.wait_http(services.twin_port, deadline)
+    services.start("engine", "engine", "--twin-url", f"http://127.0.0.1:{services.twin_port}")
+    services.start("detector", "detector")
+
+    # A risky payment from a customer with no history: the live risk model declines it, the
+    # customer's (empty) twin has nothing against it, so the paths must diverge.
+    tid = f"tx-kcat-{uuid.uuid4().hex[:12]}"
+    payment = {
+        "transaction_id": tid,
+        "customer_id": f"cust-kcat-{uuid.uuid4().hex[:8]}",
+        "amount": "2500.00",
+        "currency": "EUR",
+        "merchant_id": "m-casino-1",
+        "merchant_category": "7995",
+        "country": "BR",
+        "channel": "ecommerce",
+        "timestamp": "2026-11-24T03:10:00+01:00",
+    }
+    line = f"{payment['customer_id']}|{json.dumps(payment)}\n".encode()
+    _kcat("-P", "-t", "raw_transactions", "-K", "|", data=line)
+
+    def read(topic: str) -> list[dict]:
+        out = _kcat("-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%k\t%s\n")
+        found = []
+        for row in out.splitlines():
+            key, _, value = row.partition("\t")
+            message = json.loads(value)
+            if message["transaction_id"] == tid:
+                assert key == payment["customer_id"]
+                found.append(message)
+        return found
+
+    while time.monotonic() < deadline and not read("divergence_alert"):
+        time.sleep(1.0)
+    [live], [simulation] = read("live_outcome"), read("simulation_outcome")
+    assert (live["decision"], simulation["decision"]) == ("DECLINE", "APPROVE"), services.tail()
+    [alert] = read("divergence_alert")
+    assert alert["kind"] == "DECISION_MISMATCH"
+    assert alert["live"]["transaction"]["amount"] == "2500.00"
