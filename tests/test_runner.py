@@ -24,7 +24,7 @@ from corepay.divergence import DivergenceDetector
 from corepay.errors import ConfigurationError, UnavailableError
 from corepay.models import Decision, Path
 from corepay.services.detector import DetectorService
-from corepay.services.runner import Handled
+from corepay.services.runner import ConsumerService, Handled
 from corepay.services.twin import TwinService
 from corepay.settings import Settings
 from corepay.twin import TwinPolicy
@@ -221,3 +221,32 @@ def test_an_amount_sent_in_exponent_form_is_decided_like_any_other() -> None:
     assert json.loads(raw.value)["amount"] == "100"
     assert len(bus.messages(LIVE_OUTCOME)) == 1
     assert not bus.messages(dead_letter_topic(RAW_TRANSACTIONS))
+
+
+class _Echo(ConsumerService):
+    """Copies each message to 'echoed'; fails on any message whose value is b'poison'."""
+
+    group = "echo"
+    topics = ("in",)
+
+    def handle(self, messages: Sequence[Message]) -> Handled:
+        if any(m.value == b"poison" for m in messages):
+            raise ValueError("cannot digest poison")
+        return Handled([Record("echoed", m.key, m.value) for m in messages])
+
+
+def test_a_message_that_keeps_failing_is_dead_lettered_alone_with_where_it_came_from() -> None:
+    bus = MemoryBus(partitions=1)
+    for value in (b"a", b"poison", b"b"):
+        bus.publish("in", "k", value)
+    service = _Echo(bus)
+    for _ in range(service.max_attempts):
+        service.poll_once(0)
+    assert [m.value for m in bus.messages("echoed")] == [b"a", b"b"]
+    [dead] = bus.messages(dead_letter_topic("in"))
+    assert dead.value == b"poison"
+    assert dead.headers["corepay-source-topic"] == "in"
+    assert dead.headers["corepay-source-partition"] == "0"
+    assert dead.headers["corepay-source-offset"] == "1"
+    assert "cannot digest poison" in dead.headers["corepay-error"]
+    assert bus.committed("echo")[("in", 0)] == 3

@@ -51,8 +51,9 @@ class ConsumerService(ABC):
 
     A batch is committed only after what it produced is on the bus. If handling or publishing
     fails with a backend error (store or bus down), the same batch is retried with backoff
-    before anything new is polled, so nothing is skipped; a batch that keeps failing for any
-    other reason goes to the dead-letter topic after ``max_attempts`` tries, never dropped.
+    before anything new is polled, so nothing is skipped. A batch that keeps failing for any
+    other reason is handled one message at a time after ``max_attempts`` tries, and a message
+    that fails alone ``max_attempts`` times goes to the dead-letter topic, never dropped.
     """
 
     #: The consumer group; all instances of a service share it and split the partitions.
@@ -114,10 +115,16 @@ class ConsumerService(ABC):
                 self._retry_later(messages, exc)
                 return 0
             log.exception(
-                "%s: batch failed %d times; dead-lettering it", self.group, self._attempts
+                "%s: batch failed %d times; handling its messages one by one",
+                self.group,
+                self._attempts,
             )
-            error = f"{type(exc).__name__}: {exc}"
-            self._handled = Handled([dead_letter(m, error) for m in messages], self.safe_commit())
+            try:
+                self._handled = self._isolate(messages)
+            except BackendError as down:
+                self._handled = None
+                self._retry_later(messages, down)
+                return 0
             try:
                 self.bus.publish_many(self._handled.records)
             except BackendError as down:
@@ -129,6 +136,29 @@ class ConsumerService(ABC):
         self._commit(handled.commit)
         self.processed += len(messages)
         return len(messages)
+
+    def _isolate(self, messages: list[Message]) -> Handled:
+        """Handle each message alone; one that keeps failing goes to the dead-letter topic."""
+        records: list[Record] = []
+        for message in messages:
+            for attempt in range(1, self.max_attempts + 1):
+                try:
+                    records.extend(self.handle([message]).records)
+                    break
+                except BackendError:
+                    raise
+                except Exception as exc:
+                    if attempt == self.max_attempts:
+                        log.exception(
+                            "%s: %s[%d]@%d failed %d times; dead-lettering it",
+                            self.group,
+                            message.topic,
+                            message.partition,
+                            message.offset,
+                            attempt,
+                        )
+                        records.append(dead_letter(message, f"{type(exc).__name__}: {exc}"))
+        return Handled(records, self.safe_commit())
 
     def _retry_later(self, messages: list[Message], exc: Exception, repoll: bool = False) -> None:
         self._inflight, self._retrying = messages, not repoll
