@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -237,3 +239,106 @@ def test_a_kafka_client_corepay_did_not_write_can_feed_it_and_read_its_verdicts(
     [alert] = read("divergence_alert")
     assert alert["kind"] == "DECISION_MISMATCH"
     assert alert["live"]["transaction"]["amount"] == "2500.00"
+
+
+def _send(port: int, requests: list[dict]) -> None:
+    url = f"http://127.0.0.1:{port}/v1/transactions"
+    for request in requests:
+        status, body = _get(url, json.dumps(request).encode())
+        assert status == 202, body
+
+
+def _check_invariants(services: Services, ids: set[str]) -> dict[str, list[dict]]:
+    """Every transaction decided on both paths (copies allowed: delivery is at least once),
+    one alert per divergent transaction, and twins that count each live outcome once."""
+    found = _read_topics(ids, time.monotonic() + 120)
+    live: dict[str, dict] = {}
+    for o in found[LIVE_OUTCOME]:
+        live.setdefault(o["transaction_id"], o)
+    simulation: dict[str, dict] = {}
+    for o in found[SIMULATION_OUTCOME]:
+        simulation.setdefault(o["transaction_id"], o)
+    assert set(live) == set(simulation) == ids, services.tail()
+    divergent = {
+        t
+        for t in ids
+        if live[t]["error"]
+        or simulation[t]["error"]
+        or live[t]["decision"] != simulation[t]["decision"]
+    }
+    alerts = Counter(a["transaction_id"] for a in found[DIVERGENCE_ALERT])
+    assert set(alerts) == divergent
+    assert max(alerts.values(), default=1) == 1, "an alert was published twice"
+    per_customer = Counter(o["customer_id"] for o in live.values())
+    query = "&".join(f"customer_id={c}" for c in per_customer)
+    twins: dict[str, int] = {}
+    until = time.monotonic() + 30
+    while time.monotonic() < until and twins != dict(per_customer):
+        _, body = _get(f"http://127.0.0.1:{services.twin_port}/v1/twins?{query}")
+        twins = {t["customer_id"]: t["count"] for t in body["twins"]}
+        time.sleep(0.5)
+    assert twins == dict(per_customer)
+    return found
+
+
+def _handled(services: Services, name: str) -> int:
+    log = (services.logs / f"{name}.log").read_text()
+    return sum(int(n) for n in re.findall(r"leaving the group, (\d+) messages handled", log))
+
+
+def test_two_engines_and_two_detectors_share_the_work_and_survive_one_leaving(
+    services: Services,
+) -> None:
+    deadline = time.monotonic() + 120
+    twin_url = f"http://127.0.0.1:{services.twin_port}"
+    services.start("twin", "twin", "--port", str(services.twin_port))
+    services.wait_http(services.twin_port, deadline)
+    for name in ("engine-a", "engine-b"):
+        services.start(name, "engine", "--twin-url", twin_url)
+    for name in ("detector-a", "detector-b"):
+        services.start(name, "detector")
+    services.start("ingestion", "ingestion", "--port", str(services.ingestion_port))
+    services.wait_http(services.ingestion_port, deadline)
+
+    seed = uuid.uuid4().int % 1_000_000
+    requests = list(TrafficGenerator(customers=40, seed=seed).requests(600))
+    _send(services.ingestion_port, requests[:300])
+    _check_invariants(services, {r["transaction_id"] for r in requests[:300]})
+
+    # One engine and one detector leave; the others take over their partitions.
+    assert services.stop("engine-a") == 0 and services.stop("detector-a") == 0
+    _send(services.ingestion_port, requests[300:])
+    _check_invariants(services, {r["transaction_id"] for r in requests})
+    assert services.stop("engine-b") == 0 and services.stop("detector-b") == 0
+    # Both instances of each did part of the work.
+    assert _handled(services, "engine-a") > 0 and _handled(services, "engine-b") > 0
+    assert _handled(services, "detector-a") > 0 and _handled(services, "detector-b") > 0
+
+
+def test_an_engine_killed_mid_stream_loses_nothing_and_double_counts_nothing(
+    services: Services,
+) -> None:
+    deadline = time.monotonic() + 120
+    twin_url = f"http://127.0.0.1:{services.twin_port}"
+    services.start("twin", "twin", "--port", str(services.twin_port))
+    services.wait_http(services.twin_port, deadline)
+    services.start("engine", "engine", "--twin-url", twin_url)
+    services.start("detector", "detector")
+    services.start("ingestion", "ingestion", "--port", str(services.ingestion_port))
+    services.wait_http(services.ingestion_port, deadline)
+
+    seed = uuid.uuid4().int % 1_000_000
+    requests = list(TrafficGenerator(customers=30, seed=seed).requests(600))
+    sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
+    sender.start()
+    first = f"http://127.0.0.1:{services.twin_port}/v1/twins/{requests[0]['customer_id']}"
+    while _get(first)[0] != 200:  # the engine is at work...
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert sender.is_alive()  # ...and transactions are still arriving
+    killed = services.procs.pop("engine")
+    killed.kill()  # kill -9: no goodbye, no commit
+    killed.wait()
+    services.start("engine-restarted", "engine", "--twin-url", twin_url)
+    sender.join(timeout=120)
+    _check_invariants(services, {r["transaction_id"] for r in requests})

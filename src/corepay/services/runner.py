@@ -186,4 +186,5 @@ class ConsumerService(ABC):
             self.close()
 
     def close(self) -> None:
+        log.info("%s: leaving the group, %d messages handled", self.group, self.processed)
         self.consumer.close()
