@@ -78,6 +78,28 @@ class Services:
                 stderr=subprocess.STDOUT,
             )
 
+    @property
+    def twin_url(self) -> str:
+        return f"http://127.0.0.1:{self.twin_port}"
+
+    def start_pipeline(
+        self,
+        engines: tuple[str, ...] = ("engine",),
+        detectors: tuple[str, ...] = ("detector",),
+        ingestion: bool = True,
+    ) -> None:
+        """The twin service first (the engine reads it), then the rest; wait for the APIs."""
+        deadline = time.monotonic() + 120
+        self.start("twin", "twin", "--port", str(self.twin_port))
+        self.wait_http(self.twin_port, deadline)
+        for name in engines:
+            self.start(name, "engine", "--twin-url", self.twin_url)
+        for name in detectors:
+            self.start(name, "detector")
+        if ingestion:
+            self.start("ingestion", "ingestion", "--port", str(self.ingestion_port))
+            self.wait_http(self.ingestion_port, deadline)
+
     def wait_http(self, port: int, deadline: float) -> None:
         while time.monotonic() < deadline:
             try:
@@ -139,20 +161,11 @@ def _read_topics(ids: set[str], deadline: float) -> dict[str, list[dict]]:
 def test_four_services_as_processes_over_kafka_decide_every_transaction_once(
     services: Services,
 ) -> None:
-    deadline = time.monotonic() + 120
-    services.start("twin", "twin", "--port", str(services.twin_port))
-    services.wait_http(services.twin_port, deadline)
-    services.start("engine", "engine", "--twin-url", f"http://127.0.0.1:{services.twin_port}")
-    services.start("detector", "detector")
-    services.start("ingestion", "ingestion", "--port", str(services.ingestion_port))
-    services.wait_http(services.ingestion_port, deadline)
+    services.start_pipeline()
 
     seed = uuid.uuid4().int % 1_000_000
     requests = list(TrafficGenerator(customers=30, seed=seed).requests(300))
-    url = f"http://127.0.0.1:{services.ingestion_port}/v1/transactions"
-    for request in requests:
-        status, body = _get(url, json.dumps(request).encode())
-        assert status == 202, body
+    _send(services.ingestion_port, requests)
     ids = {r["transaction_id"] for r in requests}
 
     found = _read_topics(ids, time.monotonic() + 120)
@@ -199,10 +212,7 @@ def test_a_kafka_client_corepay_did_not_write_can_feed_it_and_read_its_verdicts(
     services: Services,
 ) -> None:
     deadline = time.monotonic() + 120
-    services.start("twin", "twin", "--port", str(services.twin_port))
-    services.wait_http(services.twin_port, deadline)
-    services.start("engine", "engine", "--twin-url", f"http://127.0.0.1:{services.twin_port}")
-    services.start("detector", "detector")
+    services.start_pipeline(ingestion=False)
 
     # A risky payment from a customer with no history: the live risk model declines it, the
     # customer's (empty) twin has nothing against it, so the paths must diverge.
@@ -289,16 +299,7 @@ def _handled(services: Services, name: str) -> int:
 def test_two_engines_and_two_detectors_share_the_work_and_survive_one_leaving(
     services: Services,
 ) -> None:
-    deadline = time.monotonic() + 120
-    twin_url = f"http://127.0.0.1:{services.twin_port}"
-    services.start("twin", "twin", "--port", str(services.twin_port))
-    services.wait_http(services.twin_port, deadline)
-    for name in ("engine-a", "engine-b"):
-        services.start(name, "engine", "--twin-url", twin_url)
-    for name in ("detector-a", "detector-b"):
-        services.start(name, "detector")
-    services.start("ingestion", "ingestion", "--port", str(services.ingestion_port))
-    services.wait_http(services.ingestion_port, deadline)
+    services.start_pipeline(("engine-a", "engine-b"), ("detector-a", "detector-b"))
 
     seed = uuid.uuid4().int % 1_000_000
     requests = list(TrafficGenerator(customers=40, seed=seed).requests(600))
@@ -319,13 +320,7 @@ def test_an_engine_killed_mid_stream_loses_nothing_and_double_counts_nothing(
     services: Services,
 ) -> None:
     deadline = time.monotonic() + 120
-    twin_url = f"http://127.0.0.1:{services.twin_port}"
-    services.start("twin", "twin", "--port", str(services.twin_port))
-    services.wait_http(services.twin_port, deadline)
-    services.start("engine", "engine", "--twin-url", twin_url)
-    services.start("detector", "detector")
-    services.start("ingestion", "ingestion", "--port", str(services.ingestion_port))
-    services.wait_http(services.ingestion_port, deadline)
+    services.start_pipeline()
 
     seed = uuid.uuid4().int % 1_000_000
     requests = list(TrafficGenerator(customers=30, seed=seed).requests(600))
@@ -339,6 +334,6 @@ def test_an_engine_killed_mid_stream_loses_nothing_and_double_counts_nothing(
     killed = services.procs.pop("engine")
     killed.kill()  # kill -9: no goodbye, no commit
     killed.wait()
-    services.start("engine-restarted", "engine", "--twin-url", twin_url)
+    services.start("engine-restarted", "engine", "--twin-url", services.twin_url)
     sender.join(timeout=120)
     _check_invariants(services, {r["transaction_id"] for r in requests})
