@@ -337,3 +337,30 @@ def test_an_engine_killed_mid_stream_loses_nothing_and_double_counts_nothing(
     services.start("engine-restarted", "engine", "--twin-url", services.twin_url)
     sender.join(timeout=120)
     _check_invariants(services, {r["transaction_id"] for r in requests})
+
+
+def test_an_engine_then_a_detector_killed_mid_stream_miss_no_alert_and_repeat_none(
+    services: Services,
+) -> None:
+    deadline = time.monotonic() + 120
+    services.start_pipeline()
+    seed = uuid.uuid4().int % 1_000_000
+    requests = list(TrafficGenerator(customers=30, seed=seed).requests(900))
+    sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
+    sender.start()
+    first = f"{services.twin_url}/v1/twins/{requests[0]['customer_id']}"
+    while _get(first)[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    for name in ("engine", "detector"):
+        assert sender.is_alive()  # mid-stream
+        killed = services.procs.pop(name)
+        killed.kill()  # kill -9: no goodbye, no commit
+        killed.wait()
+        if name == "engine":
+            services.start("engine-2", "engine", "--twin-url", services.twin_url)
+        else:
+            services.start("detector-2", "detector")
+        time.sleep(1.0)
+    sender.join(timeout=120)
+    _check_invariants(services, {r["transaction_id"] for r in requests})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import strategies as cst
 from corepay.backends.memory import MemoryBus
-from corepay.bus import RAW_TRANSACTIONS, Bus, Consumer, Delivery
+from corepay.bus import RAW_TRANSACTIONS, Bus, Consumer, Delivery, Message
 from corepay.errors import UnavailableError
 from corepay.ingest import INGESTED_AT_HEADER
 from corepay.services.ingestion import create_app
@@ -63,6 +63,9 @@ class RefusingBus(Bus):
 
     def consumer(self, group: str, topics: Sequence[str]) -> Consumer:
         return self.inner.consumer(group, topics)
+
+    def replay(self, topic: str, partitions: Iterable[int]) -> list[Message]:
+        return self.inner.replay(topic, partitions)
 
 
 # --- accepted ---------------------------------------------------------------------------------

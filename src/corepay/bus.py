@@ -24,6 +24,7 @@ import attrs
 
 __all__ = [
     "ALL_TOPICS",
+    "CHANGELOG_SUFFIX",
     "DIVERGENCE_ALERT",
     "LIVE_OUTCOME",
     "RAW_TRANSACTIONS",
@@ -42,6 +43,10 @@ LIVE_OUTCOME = "live_outcome"
 SIMULATION_OUTCOME = "simulation_outcome"
 DIVERGENCE_ALERT = "divergence_alert"
 ALL_TOPICS = (RAW_TRANSACTIONS, LIVE_OUTCOME, SIMULATION_OUTCOME, DIVERGENCE_ALERT)
+
+
+#: Suffix of topics that hold a service's state (kept for ``changelog_retention``, not forever).
+CHANGELOG_SUFFIX = "_changelog"
 
 
 def dead_letter_topic(topic: str) -> str:
@@ -146,6 +151,14 @@ class Bus(ABC):
     @abstractmethod
     def consumer(self, group: str, topics: Sequence[str]) -> Consumer:
         """Join consumer group ``group``, subscribed to ``topics``."""
+
+    @abstractmethod
+    def replay(self, topic: str, partitions: Iterable[int]) -> list[Message]:
+        """Every message still kept in these partitions of ``topic``, oldest first per partition.
+
+        Read outside any consumer group, up to where the partitions end now: how a service
+        rebuilds state it keeps in a changelog topic.
+        """
 
     def ensure_topics(self, topics: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """Create the topics (with the bus's partition count) if they do not exist yet."""

@@ -88,6 +88,15 @@ class DivergenceDetector:
         """Whether one outcome of the transaction is held, waiting for its partner."""
         return transaction_id in self._pending
 
+    def mark_resolved(self, transaction_ids: Iterable[str]) -> None:
+        """Record transactions as resolved elsewhere (before a restart): their outcomes are
+        ignored from now on, and any half of them held is dropped."""
+        for tid in transaction_ids:
+            self._pending.pop(tid, None)
+            self._resolved[tid] = None
+        while len(self._resolved) > self.remember:
+            del self._resolved[next(iter(self._resolved))]
+
     def forget(self, transaction_ids: Iterable[str]) -> None:
         """Drop these half-pairs unresolved (their partition moved to another detector)."""
         for tid in transaction_ids:

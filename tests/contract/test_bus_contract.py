@@ -450,3 +450,24 @@ def test_memory_lag_counts_what_the_group_has_not_committed(
     expected = {TopicPartition(topic, p): 0 for p in range(bus_factory.partitions)}
     expected.update({m.topic_partition: m.offset + 1 for m in sorted(got, key=lambda m: m.offset)})
     assert bus.committed(group) == expected  # type: ignore[attr-defined]
+
+
+def test_replay_reads_whole_partitions_outside_any_group(
+    bus_factory: BusFactory, fresh_name: Names
+):
+    bus = bus_factory()
+    topic = new_topic(bus, fresh_name)
+    keys = [fresh_name("customer") for _ in range(8)]
+    deliveries = [bus.publish(topic, keys[i % 8], f"state {i}".encode()) for i in range(40)]
+    some = {deliveries[0].partition}
+
+    replayed = bus.replay(topic, some)
+    assert [(m.partition, m.offset) for m in replayed] == sorted(
+        (d.partition, d.offset) for d in deliveries if d.partition in some
+    )
+    everything = bus.replay(topic, range(bus_factory.partitions))
+    assert sorted(m.value for m in everything) == sorted(f"state {i}".encode() for i in range(40))
+    # A group consuming the topic afterwards still gets everything: replay committed nothing.
+    with bus.consumer(fresh_name("group"), [topic]) as consumer:
+        assert len(poll_until(consumer, 40, bus_factory.deadline())) == 40
+    assert bus.replay(topic, []) == []

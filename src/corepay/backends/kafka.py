@@ -16,6 +16,7 @@ session_timeout_ms     10000    consumer group session; a member silent this lon
 heartbeat_interval_ms  1000     consumer heartbeats (a third of the session or less)
 max_poll_interval_ms   300000   most time between polls before a member is evicted
 client_id              corepay  client id the broker logs
+changelog_retention_ms 3600000  how long ``*_changelog`` topics (service state) keep messages
 ====================== ======== ===============================================================
 
 Publishing uses ``acks=all`` with idempotence: a publish returns only after every in-sync
@@ -47,7 +48,7 @@ from kafka.errors import (
 )
 from kafka.structs import OffsetAndMetadata
 
-from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
+from corepay.bus import CHANGELOG_SUFFIX, Bus, Consumer, Delivery, Message, Record, TopicPartition
 from corepay.errors import (
     BackendTimeoutError,
     CommitFailedError,
@@ -67,6 +68,7 @@ _INT_OPTIONS = {
     "session_timeout_ms": 10000,
     "heartbeat_interval_ms": 1000,
     "max_poll_interval_ms": 300000,
+    "changelog_retention_ms": 3_600_000,
 }
 _OTHER_OPTIONS = {"compression_type": "none", "publish_timeout": "10", "client_id": "corepay"}
 
@@ -94,6 +96,7 @@ class KafkaBus(Bus):
         heartbeat_interval_ms: int = 1000,
         max_poll_interval_ms: int = 300000,
         client_id: str = "corepay",
+        changelog_retention_ms: int = 3_600_000,
     ) -> None:
         if not bootstrap_servers:
             raise ConfigurationError("a Kafka bus needs at least one bootstrap server host:port")
@@ -103,6 +106,7 @@ class KafkaBus(Bus):
         self.partitions = partitions
         self.replication_factor = replication_factor
         self.publish_timeout = publish_timeout
+        self.changelog_retention_ms = changelog_retention_ms
         self._producer_config: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
             "client_id": client_id,
@@ -251,8 +255,12 @@ class KafkaBus(Bus):
     def ensure_topics(self, topics: Sequence[str]) -> None:
         """Create ``topics`` and their dead-letter topics where missing, all with the same
         partition count; an existing topic with another count is a configuration error."""
-        wanted = {t for topic in topics for t in (topic, f"{topic}.dlq")}
-        wanted = {t for t in wanted if not t.endswith(".dlq.dlq")}
+        wanted = {
+            t
+            for topic in topics
+            for t in (topic, f"{topic}.dlq")
+            if not (t.endswith(".dlq.dlq") or t.endswith(f"{CHANGELOG_SUFFIX}.dlq"))
+        }
         with self._lock:
             admin = self._get_admin()
             try:
@@ -261,7 +269,16 @@ class KafkaBus(Bus):
                     for t in admin.describe_topics()
                 }
                 new = [
-                    NewTopic(t, self.partitions, self.replication_factor)
+                    NewTopic(
+                        t,
+                        self.partitions,
+                        self.replication_factor,
+                        topic_configs=(
+                            {"retention.ms": str(self.changelog_retention_ms)}
+                            if t.endswith(CHANGELOG_SUFFIX)
+                            else {}
+                        ),
+                    )
                     for t in sorted(wanted - set(existing))
                 ]
                 if new:
@@ -286,6 +303,43 @@ class KafkaBus(Bus):
         except (KafkaError, OSError) as exc:
             raise _translate(exc, "reaching the cluster") from exc
 
+    def replay(self, topic: str, partitions: Iterable[int]) -> list[Message]:
+        wanted = [KafkaTopicPartition(topic, p) for p in sorted(set(partitions))]
+        if not wanted:
+            return []
+        self._ensure([topic])
+        self._check_reachable()
+        config = {
+            k: v
+            for k, v in self._consumer_config.items()
+            if k in ("bootstrap_servers", "client_id")
+        }
+        deadline = time.monotonic() + 6 * self.publish_timeout
+        try:
+            reader = KafkaConsumer(
+                group_id=None,
+                enable_auto_commit=False,
+                bootstrap_timeout_ms=int(self.publish_timeout * 1000),
+                **config,
+            )
+        except (KafkaError, OSError) as exc:
+            raise _translate(exc, f"replaying {topic}") from exc
+        try:
+            reader.assign(wanted)
+            reader.seek_to_beginning(*wanted)
+            end = reader.end_offsets(wanted)
+            found: list[Message] = []
+            while any(reader.position(tp) < end[tp] for tp in wanted):
+                if time.monotonic() > deadline:
+                    raise BackendTimeoutError(f"Kafka: replaying {topic} did not finish in time")
+                for records in reader.poll(timeout_ms=500).values():
+                    found.extend(_message(r) for r in records)
+            return found
+        except (KafkaError, OSError) as exc:
+            raise _translate(exc, f"replaying {topic}") from exc
+        finally:
+            reader.close(autocommit=False)
+
     # --- consuming ---------------------------------------------------------------------------
 
     def consumer(self, group: str, topics: Sequence[str]) -> KafkaConsumerMember:
@@ -303,6 +357,18 @@ class KafkaBus(Bus):
             if self._admin is not None:
                 self._admin.close()
                 self._admin = None
+
+
+def _message(r: Any) -> Message:
+    return Message(
+        topic=r.topic,
+        partition=r.partition,
+        offset=r.offset,
+        key=r.key.decode(errors="replace") if r.key is not None else "",
+        value=r.value if r.value is not None else b"",
+        headers={k: v.decode(errors="replace") for k, v in (r.headers or [])},
+        timestamp_ms=r.timestamp,
+    )
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -355,20 +421,9 @@ class KafkaConsumerMember(Consumer):
             )
         except (KafkaError, OSError) as exc:
             raise _translate(exc, f"polling for group {self.group}") from exc
-        messages = []
+        messages: list[Message] = []
         for ktp, records in batches.items():
-            for r in records:
-                messages.append(
-                    Message(
-                        topic=r.topic,
-                        partition=r.partition,
-                        offset=r.offset,
-                        key=r.key.decode(errors="replace") if r.key is not None else "",
-                        value=r.value if r.value is not None else b"",
-                        headers={k: v.decode(errors="replace") for k, v in (r.headers or [])},
-                        timestamp_ms=r.timestamp,
-                    )
-                )
+            messages.extend(_message(r) for r in records)
             if records:
                 self._polled[TopicPartition(ktp.topic, ktp.partition)] = records[-1].offset + 1
         return messages

@@ -16,7 +16,7 @@ import itertools
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from corepay.bus import Bus, Consumer, Delivery, Message, TopicPartition
 from corepay.errors import CommitFailedError, ConfigurationError, ConflictError
@@ -110,6 +110,11 @@ class MemoryBus(Bus):
             state.members.append(member)
             self._rebalance(state)
             return member
+
+    def replay(self, topic: str, partitions: Iterable[int]) -> list[Message]:
+        with self._lock:
+            log = self._log(topic)
+            return [m for p in partitions for m in log[p]]
 
     def messages(self, topic: str) -> list[Message]:
         """Every message ever published to ``topic``, in publication order."""

@@ -6,11 +6,13 @@ held in memory is never lost with the process: after a restart it is read again.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
 
 from corepay.bus import (
+    CHANGELOG_SUFFIX,
     DIVERGENCE_ALERT,
     LIVE_OUTCOME,
     SIMULATION_OUTCOME,
@@ -24,7 +26,10 @@ from corepay.errors import DecodeError
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.wire import decode_outcome, encode_alert
 
-__all__ = ["DetectorService"]
+__all__ = ["DETECTOR_CHANGELOG", "DetectorService"]
+
+#: Every transaction the detector resolved, keyed by customer id like the outcome topics.
+DETECTOR_CHANGELOG = "detector" + CHANGELOG_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +73,15 @@ class DetectorService(ConsumerService):
         self.link_window = link_window
         self._tid_at: dict[tuple[TopicPartition, int], str] = {}
         self._last_cut: dict[TopicPartition, int] = {}
+        self._restored: set[int] = set()  # partition numbers whose changelog was read
 
     def handle(self, messages: Sequence[Message]) -> Handled:
         records: list[Record] = []
+        resolved: list[Record] = []
         now = self.clock()
         owned = self.consumer.assignment()
         self._forget(set(self._next) - owned)
+        self._restore({tp.partition for tp in owned})
         for message in messages:
             tp = message.topic_partition
             self._next[tp] = message.offset + 1
@@ -86,7 +94,7 @@ class DetectorService(ConsumerService):
             here = (tp, message.offset)
             pairings = self.detector.observe(outcome, now)
             for pairing in pairings:
-                held = self._release(pairing, records)
+                held = self._release(pairing, records, resolved)
                 if held is not None and pairing.transaction_id == tid:
                     self._pairs.append((*held, *here))
                     self._remember(tid, (held, here))
@@ -105,8 +113,35 @@ class DetectorService(ConsumerService):
                 self._held_at[tid] = here
                 self._tid_at[here] = tid
         for pairing in self.detector.expire(now):
-            self._release(pairing, records)
-        return Handled(records, self.safe_commit())
+            self._release(pairing, records, resolved)
+        return Handled(records, self.safe_commit(), then=resolved)
+
+    def _restore(self, partitions: set[int]) -> None:
+        """Learn from the changelog which transactions were resolved in newly owned partitions.
+
+        A detector that crashed after publishing an alert but before committing reads those
+        outcomes again; the changelog says they were resolved, so no second alert, and a
+        redelivered copy arriving later is not mistaken for a half waiting for its partner.
+        """
+        self._restored &= partitions
+        fresh = partitions - self._restored
+        if not fresh:
+            return
+        entries = self.bus.replay(DETECTOR_CHANGELOG, fresh)
+        restored = []
+        for entry in entries:
+            try:
+                restored.append(json.loads(entry.value)["transaction_id"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("skipping a malformed %s entry at offset %d", entry.topic, entry.offset)
+        self.detector.mark_resolved(restored)
+        for tid in restored:
+            held = self._held_at.pop(tid, None)
+            if held is not None:
+                del self._held[held[0]][held[1]]
+                del self._tid_at[held]
+        self._restored |= fresh
+        log.info("restored %d resolved transactions of partitions %s", len(restored), sorted(fresh))
 
     def safe_commit(self) -> dict[TopicPartition, int]:
         owned = self.consumer.assignment()
@@ -135,7 +170,7 @@ class DetectorService(ConsumerService):
             del self._resolved_at[next(iter(self._resolved_at))]
 
     def _release(
-        self, pairing: Pairing, records: list[Record]
+        self, pairing: Pairing, records: list[Record], resolved: list[Record]
     ) -> tuple[TopicPartition, int] | None:
         held = self._held_at.pop(pairing.transaction_id, None)
         if held is not None:
@@ -144,6 +179,14 @@ class DetectorService(ConsumerService):
         if pairing.alert is not None:
             alert = pairing.alert
             records.append(Record(DIVERGENCE_ALERT, alert.customer_id, encode_alert(alert)))
+        some = pairing.live or pairing.simulation
+        assert some is not None
+        entry = {
+            "schema_version": 1,
+            "transaction_id": pairing.transaction_id,
+            "alerted": pairing.alert is not None,
+        }
+        resolved.append(Record(DETECTOR_CHANGELOG, some.customer_id, json.dumps(entry).encode()))
         if self.on_pairing is not None:
             try:
                 self.on_pairing(pairing)

@@ -24,10 +24,13 @@ class Handled:
 
     ``commit`` is ``None`` to commit everything polled, or the offsets that are safe (a
     service holding state for some messages commits only up to the oldest it still needs).
+    ``then`` is published only once ``records`` are all on the bus: state changelog entries
+    that must never claim an output that was not written.
     """
 
     records: list[Record] = attrs.field(factory=list)
     commit: Mapping[TopicPartition, int] | None = None
+    then: list[Record] = attrs.field(factory=list)
 
 
 def dead_letter(message: Message, error: str) -> Record:
@@ -103,7 +106,7 @@ class ConsumerService(ABC):
             # the service's state (a detector's pairs), so only the publish is retried.
             if self._handled is None:
                 self._handled = self.handle(messages)
-            self.bus.publish_many(self._handled.records)
+            self._publish(self._handled)
         except BackendError as exc:
             self._retry_later(messages, exc)  # the bus or store is down: retry until it is back
             return 0
@@ -126,7 +129,7 @@ class ConsumerService(ABC):
                 self._retry_later(messages, down)
                 return 0
             try:
-                self.bus.publish_many(self._handled.records)
+                self._publish(self._handled)
             except BackendError as down:
                 self._retry_later(messages, down)
                 return 0
@@ -137,13 +140,21 @@ class ConsumerService(ABC):
         self.processed += len(messages)
         return len(messages)
 
+    def _publish(self, handled: Handled) -> None:
+        self.bus.publish_many(handled.records)
+        if handled.then:
+            self.bus.publish_many(handled.then)
+
     def _isolate(self, messages: list[Message]) -> Handled:
         """Handle each message alone; one that keeps failing goes to the dead-letter topic."""
         records: list[Record] = []
+        then: list[Record] = []
         for message in messages:
             for attempt in range(1, self.max_attempts + 1):
                 try:
-                    records.extend(self.handle([message]).records)
+                    handled = self.handle([message])
+                    records.extend(handled.records)
+                    then.extend(handled.then)
                     break
                 except BackendError:
                     raise
@@ -158,7 +169,7 @@ class ConsumerService(ABC):
                             attempt,
                         )
                         records.append(dead_letter(message, f"{type(exc).__name__}: {exc}"))
-        return Handled(records, self.safe_commit())
+        return Handled(records, self.safe_commit(), then)
 
     def _retry_later(self, messages: list[Message], exc: Exception, repoll: bool = False) -> None:
         self._inflight, self._retrying = messages, not repoll
