@@ -8,6 +8,8 @@ variable                        setting                        default
 ==============================  =============================  ==============================
 ``COREPAY_BUS_URL``             ``bus_url``                    ``memory://``
 ``COREPAY_STORE_URL``           ``store_url``                  ``memory://``
+``COREPAY_STORE_USERNAME``      ``store_username``             (none)
+``COREPAY_STORE_PASSWORD``      ``store_password`` (secret)    (none)
 ``COREPAY_TWIN_URL``            ``twin_url``                   (none)
 ``COREPAY_HOST``                ``host``                       ``127.0.0.1``
 ``COREPAY_PORT``                ``port``                       per service (see ``serve``)
@@ -45,6 +47,8 @@ class Settings:
 
     bus_url: str = "memory://"
     store_url: str = "memory://"
+    store_username: str | None = None
+    store_password: str | None = attrs.field(default=None, repr=False)
     twin_url: str | None = None
     host: str = "127.0.0.1"
     port: int | None = None
@@ -82,6 +86,8 @@ class Settings:
 ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "COREPAY_BUS_URL": ("bus_url", str),
     "COREPAY_STORE_URL": ("store_url", str),
+    "COREPAY_STORE_USERNAME": ("store_username", str),
+    "COREPAY_STORE_PASSWORD": ("store_password", str),
     "COREPAY_TWIN_URL": ("twin_url", str),
     "COREPAY_HOST": ("host", str),
     "COREPAY_PORT": ("port", int),

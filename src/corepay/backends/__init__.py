@@ -25,6 +25,8 @@ BUS_BACKENDS: dict[str, str] = {
 }
 STORE_BACKENDS: dict[str, str] = {
     "memory": "corepay.backends.memory:MemoryTwinStore",
+    "couchbase": "corepay.backends.couchbase:CouchbaseTwinStore",
+    "couchbases": "corepay.backends.couchbase:CouchbaseTwinStore",
 }
 
 

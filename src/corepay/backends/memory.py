@@ -250,7 +250,9 @@ class MemoryTwinStore(TwinStore):
         self._docs: dict[str, tuple[int, bytes]] = {}
 
     @classmethod
-    def from_url(cls, url: str, options: Mapping[str, str]) -> MemoryTwinStore:
+    def from_url(
+        cls, url: str, options: Mapping[str, str], **credentials: object
+    ) -> MemoryTwinStore:
         if options:
             raise ConfigurationError(
                 f"unknown memory store option(s): {', '.join(sorted(options))}"

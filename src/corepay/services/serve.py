@@ -84,7 +84,10 @@ def _engine(settings: Settings, stop: threading.Event) -> None:
 def _twin(settings: Settings, stop: threading.Event) -> None:
     bus = open_bus(settings.bus_url)
     bus.ensure_topics(ALL_TOPICS)
-    with bus, open_store(settings.store_url) as store:
+    store = open_store(
+        settings.store_url, username=settings.store_username, password=settings.store_password
+    )
+    with bus, store:
         service = TwinService(bus, store, max_records=settings.batch_size)
 
         def update() -> None:
