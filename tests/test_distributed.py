@@ -87,10 +87,11 @@ class Services:
         engines: tuple[str, ...] = ("engine",),
         detectors: tuple[str, ...] = ("detector",),
         ingestion: bool = True,
+        store: str = "memory://",
     ) -> None:
         """The twin service first (the engine reads it), then the rest; wait for the APIs."""
         deadline = time.monotonic() + 120
-        self.start("twin", "twin", "--port", str(self.twin_port))
+        self.start("twin", "twin", "--port", str(self.twin_port), "--store", store)
         self.wait_http(self.twin_port, deadline)
         for name in engines:
             self.start(name, "engine", "--twin-url", self.twin_url)
@@ -362,5 +363,39 @@ def test_an_engine_then_a_detector_killed_mid_stream_miss_no_alert_and_repeat_no
         else:
             services.start("detector-2", "detector")
         time.sleep(1.0)
+    sender.join(timeout=120)
+    _check_invariants(services, {r["transaction_id"] for r in requests})
+
+
+@pytest.mark.couchbase
+def test_a_twin_service_killed_mid_stream_loses_nothing_and_double_counts_nothing(
+    services: Services,
+) -> None:
+    """Needs a durable twin store: the memory store dies with the process by design."""
+    store = os.environ.get("COREPAY_TEST_COUCHBASE_URL", "").strip()
+    if not store:
+        pytest.skip(
+            "a twin service that survives kill -9 needs a durable store: start a Couchbase "
+            "cluster and set COREPAY_TEST_COUCHBASE_URL (couchbase://user:password@host/bucket)"
+        )
+    deadline = time.monotonic() + 120
+    services.start_pipeline(store=store)
+    run = uuid.uuid4().hex[:8]  # the bucket outlives the test: customers of this run only
+    requests = [
+        {**r, "customer_id": f"{run}-{r['customer_id']}"}
+        for r in TrafficGenerator(customers=30, seed=int(run, 16) % 1_000_000).requests(600)
+    ]
+    sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
+    sender.start()
+    first = f"{services.twin_url}/v1/twins/{requests[0]['customer_id']}"
+    while _get(first)[0] != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert sender.is_alive()
+    killed = services.procs.pop("twin")
+    killed.kill()
+    killed.wait()
+    services.start("twin-2", "twin", "--port", str(services.twin_port), "--store", store)
+    services.wait_http(services.twin_port, deadline)
     sender.join(timeout=120)
     _check_invariants(services, {r["transaction_id"] for r in requests})
