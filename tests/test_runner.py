@@ -21,7 +21,7 @@ from corepay.bus import (
     dead_letter_topic,
 )
 from corepay.divergence import DivergenceDetector
-from corepay.errors import ConfigurationError, UnavailableError
+from corepay.errors import ConfigurationError, RejectedError, UnavailableError
 from corepay.models import Decision, Path
 from corepay.services.detector import DetectorService
 from corepay.services.runner import ConsumerService, Handled
@@ -250,3 +250,60 @@ def test_a_message_that_keeps_failing_is_dead_lettered_alone_with_where_it_came_
     assert dead.headers["corepay-source-offset"] == "1"
     assert "cannot digest poison" in dead.headers["corepay-error"]
     assert bus.committed("echo")[("in", 0)] == 3
+
+
+class _FailsOnceBus(MemoryBus):
+    """Refuses the first publish holding an alert with a non-backend error, then works."""
+
+    def __init__(self, error: Exception, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.error: Exception | None = error
+
+    def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
+        records = list(records)
+        if self.error is not None and any(r.topic == DIVERGENCE_ALERT for r in records):
+            error, self.error = self.error, None
+            raise error
+        return super().publish_many(records)
+
+
+def test_an_alert_whose_publish_failed_once_is_published_on_the_retry() -> None:
+    bus = _FailsOnceBus(RuntimeError("codec missing"), partitions=1)
+    service = DetectorService(bus, DivergenceDetector(timeout=30), clock=_Clock())
+    _publish(bus, "t", Path.LIVE, decision=Decision.DECLINE)
+    _publish(bus, "t", Path.SIMULATION)
+    assert service.poll_once(0) == 0
+    assert service.poll_once(0) == 2
+    assert _alerts(bus) == [("t", "DECISION_MISMATCH")]
+
+
+class _RefusesAlertsForGood(MemoryBus):
+    def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
+        records = list(records)
+        if any(r.topic == DIVERGENCE_ALERT for r in records):
+            raise RejectedError("message too large")
+        return super().publish_many(records)
+
+
+def test_output_refused_for_good_parks_the_inputs_instead_of_stalling() -> None:
+    bus = _RefusesAlertsForGood(partitions=1)
+    service = DetectorService(bus, DivergenceDetector(timeout=30), clock=_Clock())
+    _publish(bus, "t", Path.LIVE, decision=Decision.DECLINE)
+    _publish(bus, "t", Path.SIMULATION)
+    for _ in range(service.max_attempts):
+        service.poll_once(0)
+    parked = bus.messages(dead_letter_topic(LIVE_OUTCOME)) + bus.messages(
+        dead_letter_topic(SIMULATION_OUTCOME)
+    )
+    assert len(parked) == 2
+    assert all("message too large" in m.headers["corepay-error"] for m in parked)
+    assert bus.committed(service.group)[(LIVE_OUTCOME, 0)] == 1
+
+
+def test_a_dead_letter_of_a_huge_message_is_cut_and_says_so() -> None:
+    from corepay.services.runner import DEAD_LETTER_MAX_VALUE, dead_letter
+
+    message = Message("in", 0, 7, "k", b"x" * (DEAD_LETTER_MAX_VALUE + 10), {}, 0)
+    record = dead_letter(message, "too large")
+    assert len(record.value) == DEAD_LETTER_MAX_VALUE
+    assert record.headers["corepay-truncated-from"] == str(DEAD_LETTER_MAX_VALUE + 10)

@@ -153,8 +153,11 @@ class Bus(ABC):
         """Join consumer group ``group``, subscribed to ``topics``."""
 
     @abstractmethod
-    def replay(self, topic: str, partitions: Iterable[int]) -> list[Message]:
-        """Every message still kept in these partitions of ``topic``, oldest first per partition.
+    def replay(
+        self, topic: str, partitions: Iterable[int], *, since_ms: int | None = None
+    ) -> list[Message]:
+        """The messages kept in these partitions of ``topic``, oldest first per partition:
+        all of them, or those with a timestamp at or after ``since_ms`` (epoch milliseconds).
 
         Read outside any consumer group, up to where the partitions end now: how a service
         rebuilds state it keeps in a changelog topic.

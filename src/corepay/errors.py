@@ -12,6 +12,7 @@ couchbase errors at their boundary (``raise UnavailableError(...) from exc``).
     ├── ConflictError                     a compare-and-swap lost against a newer version
     ├── NotFoundError (LookupError)       no such twin (or other addressed thing)
     ├── CommitFailedError                 a consumer committed partitions it no longer owns
+    ├── RejectedError                     a backend refused a request for good (too large...)
     └── BackendError                      a bus, store, gateway or service did not answer
         ├── UnavailableError              ... cannot take the request now; retrying may help
         └── BackendTimeoutError (TimeoutError)   ... did not answer within its deadline
@@ -33,6 +34,7 @@ __all__ = [
     "DecodeError",
     "FieldError",
     "NotFoundError",
+    "RejectedError",
     "UnavailableError",
     "ValidationError",
 ]
@@ -81,6 +83,13 @@ class CommitFailedError(CorepayError):
     """A consumer tried to commit partitions that were reassigned to another group member.
 
     The messages behind that commit will be redelivered to the partitions' new owner.
+    """
+
+
+class RejectedError(CorepayError):
+    """A backend refused this request in a way retrying cannot fix (too large, invalid).
+
+    Not a :class:`BackendError`: consumer services treat it like a poison message.
     """
 
 

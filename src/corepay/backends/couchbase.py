@@ -242,9 +242,10 @@ class CouchbaseTwinStore(TwinStore):
     def compare_and_set(self, twin: Twin, *, expected_version: int | None) -> None:
         key, doc = self.key(twin.customer_id), twin_to_wire(twin)
         what = f"storing the twin of {twin.customer_id}"
-        durability: dict[str, Any] = (
-            {} if self._durability is None else {"durability": self._durability}
-        )
+        # The SDK gives durable writes 10 s unless told otherwise: hold them to kv_timeout.
+        durability: dict[str, Any] = {"timeout": timedelta(seconds=self.config.kv_timeout)}
+        if self._durability is not None:
+            durability["durability"] = self._durability
         try:
             if expected_version is None:
                 result = self._collection.insert(key, doc, InsertOptions(**durability))

@@ -42,6 +42,7 @@ from kafka.errors import (
     CommitFailedError as KafkaCommitFailedError,
 )
 from kafka.errors import (
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     TopicAlreadyExistsError,
@@ -53,6 +54,7 @@ from corepay.errors import (
     BackendTimeoutError,
     CommitFailedError,
     ConfigurationError,
+    RejectedError,
     UnavailableError,
 )
 
@@ -76,6 +78,13 @@ _OTHER_OPTIONS = {"compression_type": "none", "publish_timeout": "10", "client_i
 def _translate(exc: Exception, what: str) -> Exception:
     if isinstance(exc, KafkaTimeoutError):
         return BackendTimeoutError(f"Kafka: {what} timed out: {exc}")
+    if (
+        isinstance(exc, KafkaError)
+        and not getattr(exc, "retriable", True)
+        and not isinstance(exc, KafkaConnectionError)
+    ):
+        # Too large, invalid, not authorized...: the same request fails the same way again.
+        return RejectedError(f"Kafka refused {what}: {type(exc).__name__}: {exc}")
     return UnavailableError(f"Kafka: {what} failed: {type(exc).__name__}: {exc}")
 
 
@@ -100,6 +109,10 @@ class KafkaBus(Bus):
     ) -> None:
         if not bootstrap_servers:
             raise ConfigurationError("a Kafka bus needs at least one bootstrap server host:port")
+        if compression_type not in ("none", "gzip", "snappy", "lz4", "zstd"):
+            raise ConfigurationError(
+                "compression_type must be one of none, gzip, snappy, lz4, zstd"
+            )
         if partitions < 1 or replication_factor < 1:
             raise ConfigurationError("partitions and replication_factor must be at least 1")
         self.bootstrap_servers = list(bootstrap_servers)
@@ -190,6 +203,9 @@ class KafkaBus(Bus):
                 self._check_reachable()
                 try:
                     self._producer = KafkaProducer(**self._producer_config)
+                except (ValueError, RuntimeError, AssertionError) as exc:
+                    # kafka-python's word for a setting it cannot use (a codec not installed)
+                    raise ConfigurationError(f"Kafka producer settings: {exc}") from exc
                 except (KafkaError, OSError) as exc:
                     raise UnavailableError(
                         f"Kafka at {','.join(self.bootstrap_servers)} is unreachable: {exc}"
@@ -303,7 +319,9 @@ class KafkaBus(Bus):
         except (KafkaError, OSError) as exc:
             raise _translate(exc, "reaching the cluster") from exc
 
-    def replay(self, topic: str, partitions: Iterable[int]) -> list[Message]:
+    def replay(
+        self, topic: str, partitions: Iterable[int], *, since_ms: int | None = None
+    ) -> list[Message]:
         wanted = [KafkaTopicPartition(topic, p) for p in sorted(set(partitions))]
         if not wanted:
             return []
@@ -314,7 +332,6 @@ class KafkaBus(Bus):
             for k, v in self._consumer_config.items()
             if k in ("bootstrap_servers", "client_id")
         }
-        deadline = time.monotonic() + 6 * self.publish_timeout
         try:
             reader = KafkaConsumer(
                 group_id=None,
@@ -328,12 +345,21 @@ class KafkaBus(Bus):
             reader.assign(wanted)
             reader.seek_to_beginning(*wanted)
             end = reader.end_offsets(wanted)
+            if since_ms is not None:
+                starts = reader.offsets_for_times(dict.fromkeys(wanted, since_ms))
+                for tp in wanted:
+                    found_at = starts.get(tp)
+                    reader.seek(tp, end[tp] if found_at is None else found_at.offset)
             found: list[Message] = []
+            stalled_at = time.monotonic() + 2 * self.publish_timeout
             while any(reader.position(tp) < end[tp] for tp in wanted):
-                if time.monotonic() > deadline:
-                    raise BackendTimeoutError(f"Kafka: replaying {topic} did not finish in time")
+                # The deadline is on progress, not on the whole read: a long changelog is fine,
+                # a broker that stops answering is not.
+                if time.monotonic() > stalled_at:
+                    raise BackendTimeoutError(f"Kafka: replaying {topic} stopped making progress")
                 for records in reader.poll(timeout_ms=500).values():
                     found.extend(_message(r) for r in records)
+                    stalled_at = time.monotonic() + 2 * self.publish_timeout
             return found
         except (KafkaError, OSError) as exc:
             raise _translate(exc, f"replaying {topic}") from exc
@@ -401,9 +427,15 @@ class KafkaConsumerMember(Consumer):
         # Know every topic's partitions before joining: a group leader without them assigns
         # nothing of that topic, and would not notice until its next metadata refresh.
         deadline = time.monotonic() + 15.0
-        for topic in topics:
-            while not self._consumer.partitions_for_topic(topic) and time.monotonic() < deadline:
-                time.sleep(0.1)
+        try:
+            for topic in topics:
+                while (
+                    not self._consumer.partitions_for_topic(topic) and time.monotonic() < deadline
+                ):
+                    time.sleep(0.1)
+        except (KafkaError, OSError) as exc:
+            self._consumer.close(autocommit=False)
+            raise _translate(exc, f"joining group {group}") from exc
         self._consumer.subscribe(list(topics), listener=_Listener(self))
         self._polled: dict[TopicPartition, int] = {}
         self._closed = False

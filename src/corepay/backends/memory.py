@@ -111,10 +111,13 @@ class MemoryBus(Bus):
             self._rebalance(state)
             return member
 
-    def replay(self, topic: str, partitions: Iterable[int]) -> list[Message]:
+    def replay(
+        self, topic: str, partitions: Iterable[int], *, since_ms: int | None = None
+    ) -> list[Message]:
         with self._lock:
             log = self._log(topic)
-            return [m for p in partitions for m in log[p]]
+            since = since_ms or 0
+            return [m for p in partitions for m in log[p] if m.timestamp_ms >= since]
 
     def messages(self, topic: str) -> list[Message]:
         """Every message ever published to ``topic``, in publication order."""

@@ -42,6 +42,8 @@ class DetectorService(ConsumerService):
         clock: epoch seconds; the pairing timeout is measured with it.
         link_window: resolved transactions whose offsets are kept, to commit redelivered
             copies of their outcomes safely.
+        replay_window: seconds of changelog, beyond the pairing timeout, read back when
+            partitions are assigned (restart, takeover).
     """
 
     group = "corepay-detector"
@@ -55,6 +57,7 @@ class DetectorService(ConsumerService):
         on_pairing: Callable[[Pairing], None] | None = None,
         clock: Callable[[], float] = time.time,
         link_window: int = 100_000,
+        replay_window: float = 300.0,
         **kwargs: object,
     ) -> None:
         super().__init__(bus, **kwargs)  # type: ignore[arg-type]
@@ -74,6 +77,7 @@ class DetectorService(ConsumerService):
         self._tid_at: dict[tuple[TopicPartition, int], str] = {}
         self._last_cut: dict[TopicPartition, int] = {}
         self._restored: set[int] = set()  # partition numbers whose changelog was read
+        self.replay_window = replay_window
 
     def handle(self, messages: Sequence[Message]) -> Handled:
         records: list[Record] = []
@@ -127,7 +131,10 @@ class DetectorService(ConsumerService):
         fresh = partitions - self._restored
         if not fresh:
             return
-        entries = self.bus.replay(DETECTOR_CHANGELOG, fresh)
+        # Outcomes read again after a restart, and redelivered copies, are recent: what was
+        # resolved before the pairing timeout plus the window cannot be among them.
+        since = self.clock() - self.detector.timeout - self.replay_window
+        entries = self.bus.replay(DETECTOR_CHANGELOG, fresh, since_ms=int(since * 1000))
         restored = []
         for entry in entries:
             try:

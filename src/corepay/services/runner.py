@@ -33,13 +33,24 @@ class Handled:
     then: list[Record] = attrs.field(factory=list)
 
 
+#: Largest value a dead letter carries; a longer one is cut (and says so), so that the bus
+#: takes it even when the original was refused for its size.
+DEAD_LETTER_MAX_VALUE = 512 * 1024
+
+
 def dead_letter(message: Message, error: str) -> Record:
     """A record parking ``message`` on its topic's dead-letter topic, with why and where from."""
+    value = message.value
+    truncated = {}
+    if len(value) > DEAD_LETTER_MAX_VALUE:
+        value = value[:DEAD_LETTER_MAX_VALUE]
+        truncated = {"corepay-truncated-from": str(len(message.value))}
     return Record(
         topic=dead_letter_topic(message.topic),
         key=message.key,
-        value=message.value,
+        value=value,
         headers={
+            **truncated,
             **message.headers,
             "corepay-error": error[:1000],
             "corepay-source-topic": message.topic,
@@ -114,21 +125,30 @@ class ConsumerService(ABC):
             self._attempts += 1
             if self._attempts < self.max_attempts:
                 log.exception("%s: batch failed (attempt %d)", self.group, self._attempts)
-                self._handled = None
                 self._retry_later(messages, exc)
                 return 0
-            log.exception(
-                "%s: batch failed %d times; handling its messages one by one",
-                self.group,
-                self._attempts,
-            )
+            if self._handled is None:
+                log.exception(
+                    "%s: batch failed %d times; handling its messages one by one",
+                    self.group,
+                    self._attempts,
+                )
+            else:
+                # Handled, but what it produced cannot be published (refused for good): park
+                # the inputs with the reason rather than stall the partition forever.
+                log.exception(
+                    "%s: output refused %d times; dead-lettering the batch",
+                    self.group,
+                    self._attempts,
+                )
             try:
-                self._handled = self._isolate(messages)
-            except BackendError as down:
-                self._handled = None
-                self._retry_later(messages, down)
-                return 0
-            try:
+                if self._handled is None:
+                    self._handled = self._isolate(messages)
+                else:
+                    error = f"{type(exc).__name__}: {exc}"
+                    self._handled = Handled(
+                        [dead_letter(m, error) for m in messages], self.safe_commit()
+                    )
                 self._publish(self._handled)
             except BackendError as down:
                 self._retry_later(messages, down)
