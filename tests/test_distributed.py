@@ -125,6 +125,18 @@ class Services:
             proc.wait()
             return -9
 
+    def kill(self, name: str) -> None:
+        """kill -9: no goodbye, no commit."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait()
+
+    def wait_for_twin(self, customer_id: str, deadline: float) -> None:
+        """Until the customer's twin exists: the pipeline is at work."""
+        while _get(f"{self.twin_url}/v1/twins/{customer_id}")[0] != 200:
+            assert time.monotonic() < deadline, "no twin appeared"
+            time.sleep(0.05)
+
     def stop_all(self) -> dict[str, int]:
         return {name: self.stop(name) for name in list(self.procs)}
 
@@ -327,14 +339,9 @@ def test_an_engine_killed_mid_stream_loses_nothing_and_double_counts_nothing(
     requests = list(TrafficGenerator(customers=30, seed=seed).requests(600))
     sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
     sender.start()
-    first = f"http://127.0.0.1:{services.twin_port}/v1/twins/{requests[0]['customer_id']}"
-    while _get(first)[0] != 200:  # the engine is at work...
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    services.wait_for_twin(requests[0]["customer_id"], deadline)  # the engine is at work...
     assert sender.is_alive()  # ...and transactions are still arriving
-    killed = services.procs.pop("engine")
-    killed.kill()  # kill -9: no goodbye, no commit
-    killed.wait()
+    services.kill("engine")
     services.start("engine-restarted", "engine", "--twin-url", services.twin_url)
     sender.join(timeout=120)
     _check_invariants(services, {r["transaction_id"] for r in requests})
@@ -349,15 +356,10 @@ def test_an_engine_then_a_detector_killed_mid_stream_miss_no_alert_and_repeat_no
     requests = list(TrafficGenerator(customers=30, seed=seed).requests(900))
     sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
     sender.start()
-    first = f"{services.twin_url}/v1/twins/{requests[0]['customer_id']}"
-    while _get(first)[0] != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    services.wait_for_twin(requests[0]["customer_id"], deadline)
     for name in ("engine", "detector"):
         assert sender.is_alive()  # mid-stream
-        killed = services.procs.pop(name)
-        killed.kill()  # kill -9: no goodbye, no commit
-        killed.wait()
+        services.kill(name)
         if name == "engine":
             services.start("engine-2", "engine", "--twin-url", services.twin_url)
         else:
@@ -387,14 +389,9 @@ def test_a_twin_service_killed_mid_stream_loses_nothing_and_double_counts_nothin
     ]
     sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
     sender.start()
-    first = f"{services.twin_url}/v1/twins/{requests[0]['customer_id']}"
-    while _get(first)[0] != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    services.wait_for_twin(requests[0]["customer_id"], deadline)
     assert sender.is_alive()
-    killed = services.procs.pop("twin")
-    killed.kill()
-    killed.wait()
+    services.kill("twin")
     services.start("twin-2", "twin", "--port", str(services.twin_port), "--store", store)
     services.wait_http(services.twin_port, deadline)
     sender.join(timeout=120)
