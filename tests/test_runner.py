@@ -307,3 +307,20 @@ def test_a_dead_letter_of_a_huge_message_is_cut_and_says_so() -> None:
     record = dead_letter(message, "too large")
     assert len(record.value) == DEAD_LETTER_MAX_VALUE
     assert record.headers["corepay-truncated-from"] == str(DEAD_LETTER_MAX_VALUE + 10)
+
+
+class _Misconfigured(ConsumerService):
+    group = "misconfigured"
+    topics = ("in",)
+
+    def handle(self, messages: Sequence[Message]) -> Handled:
+        raise ConfigurationError("changelog topic has 3 partitions, the bus 4")
+
+
+def test_a_misconfigured_service_stops_instead_of_dead_lettering_what_it_reads() -> None:
+    bus = MemoryBus(partitions=1)
+    bus.publish("in", "k", b"fine")
+    service = _Misconfigured(bus)
+    with pytest.raises(ConfigurationError, match="partitions"):
+        service.poll_once(0)
+    assert not bus.messages(dead_letter_topic("in"))

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from corepay.bus import Bus, Message, Record, TopicPartition, dead_letter_topic
-from corepay.errors import BackendError, CommitFailedError
+from corepay.errors import BackendError, CommitFailedError, ConfigurationError
 
 __all__ = ["ConsumerService", "Handled", "dead_letter"]
 
@@ -121,6 +121,8 @@ class ConsumerService(ABC):
         except BackendError as exc:
             self._retry_later(messages, exc)  # the bus or store is down: retry until it is back
             return 0
+        except ConfigurationError:
+            raise  # a misconfigured service must stop, not dead-letter everything it reads
         except Exception as exc:
             self._attempts += 1
             if self._attempts < self.max_attempts:
@@ -176,7 +178,7 @@ class ConsumerService(ABC):
                     records.extend(handled.records)
                     then.extend(handled.then)
                     break
-                except BackendError:
+                except (BackendError, ConfigurationError):
                     raise
                 except Exception as exc:
                     if attempt == self.max_attempts:
