@@ -176,8 +176,7 @@ def test_four_services_as_processes_over_kafka_decide_every_transaction_once(
 ) -> None:
     services.start_pipeline()
 
-    seed = uuid.uuid4().int % 1_000_000
-    requests = list(TrafficGenerator(customers=30, seed=seed).requests(300))
+    requests = _traffic(300, customers=30)
     _send(services.ingestion_port, requests)
     ids = {r["transaction_id"] for r in requests}
 
@@ -264,6 +263,14 @@ def test_a_kafka_client_corepay_did_not_write_can_feed_it_and_read_its_verdicts(
     assert alert["live"]["transaction"]["amount"] == "2500.00"
 
 
+def _traffic(count: int, customers: int) -> list[dict]:
+    """Fresh payment requests: a new seed, and customers no other test run has (the broker,
+    and a Couchbase bucket, outlive a test)."""
+    run = uuid.uuid4().hex[:8]
+    generator = TrafficGenerator(customers=customers, seed=int(run, 16) % 1_000_000)
+    return [{**r, "customer_id": f"{run}-{r['customer_id']}"} for r in generator.requests(count)]
+
+
 def _send(port: int, requests: list[dict]) -> None:
     url = f"http://127.0.0.1:{port}/v1/transactions"
     for request in requests:
@@ -314,8 +321,7 @@ def test_two_engines_and_two_detectors_share_the_work_and_survive_one_leaving(
 ) -> None:
     services.start_pipeline(("engine-a", "engine-b"), ("detector-a", "detector-b"))
 
-    seed = uuid.uuid4().int % 1_000_000
-    requests = list(TrafficGenerator(customers=40, seed=seed).requests(600))
+    requests = _traffic(600, customers=40)
     _send(services.ingestion_port, requests[:300])
     _check_invariants(services, {r["transaction_id"] for r in requests[:300]})
 
@@ -335,8 +341,7 @@ def test_an_engine_killed_mid_stream_loses_nothing_and_double_counts_nothing(
     deadline = time.monotonic() + 120
     services.start_pipeline()
 
-    seed = uuid.uuid4().int % 1_000_000
-    requests = list(TrafficGenerator(customers=30, seed=seed).requests(600))
+    requests = _traffic(600, customers=30)
     sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
     sender.start()
     services.wait_for_twin(requests[0]["customer_id"], deadline)  # the engine is at work...
@@ -352,8 +357,7 @@ def test_an_engine_then_a_detector_killed_mid_stream_miss_no_alert_and_repeat_no
 ) -> None:
     deadline = time.monotonic() + 120
     services.start_pipeline()
-    seed = uuid.uuid4().int % 1_000_000
-    requests = list(TrafficGenerator(customers=30, seed=seed).requests(900))
+    requests = _traffic(900, customers=30)
     sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
     sender.start()
     services.wait_for_twin(requests[0]["customer_id"], deadline)
@@ -369,24 +373,31 @@ def test_an_engine_then_a_detector_killed_mid_stream_miss_no_alert_and_repeat_no
     _check_invariants(services, {r["transaction_id"] for r in requests})
 
 
-@pytest.mark.couchbase
-def test_a_twin_service_killed_mid_stream_loses_nothing_and_double_counts_nothing(
-    services: Services,
-) -> None:
-    """Needs a durable twin store: the memory store dies with the process by design."""
+def _twin_store(kind: str) -> str:
+    if kind == "memory":
+        return "memory://"
     store = os.environ.get("COREPAY_TEST_COUCHBASE_URL", "").strip()
     if not store:
         pytest.skip(
-            "a twin service that survives kill -9 needs a durable store: start a Couchbase "
-            "cluster and set COREPAY_TEST_COUCHBASE_URL (couchbase://user:password@host/bucket)"
+            "couchbase:// tests need a server: start a Couchbase cluster and set "
+            "COREPAY_TEST_COUCHBASE_URL (couchbase://user:password@host/bucket)"
         )
+    return store
+
+
+@pytest.mark.parametrize(
+    "store_kind",
+    ["memory", pytest.param("couchbase", marks=pytest.mark.couchbase)],
+)
+def test_a_twin_service_killed_mid_stream_loses_nothing_and_double_counts_nothing(
+    services: Services, store_kind: str
+) -> None:
+    """Couchbase keeps the twins through the crash; the memory store loses them with the
+    process, and the restarted service rebuilds them from live_outcome."""
+    store = _twin_store(store_kind)
     deadline = time.monotonic() + 120
     services.start_pipeline(store=store)
-    run = uuid.uuid4().hex[:8]  # the bucket outlives the test: customers of this run only
-    requests = [
-        {**r, "customer_id": f"{run}-{r['customer_id']}"}
-        for r in TrafficGenerator(customers=30, seed=int(run, 16) % 1_000_000).requests(600)
-    ]
+    requests = _traffic(600, customers=30)
     sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
     sender.start()
     services.wait_for_twin(requests[0]["customer_id"], deadline)

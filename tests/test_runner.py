@@ -324,3 +324,21 @@ def test_a_misconfigured_service_stops_instead_of_dead_lettering_what_it_reads()
     with pytest.raises(ConfigurationError, match="partitions"):
         service.poll_once(0)
     assert not bus.messages(dead_letter_topic("in"))
+
+
+def test_a_twin_service_on_a_volatile_store_rebuilds_the_twins_after_a_restart() -> None:
+    bus = MemoryBus(partitions=2)
+    for i in range(50):
+        _publish(bus, f"t{i}", Path.LIVE, customer=f"c{i % 5}")
+    first = TwinService(bus, MemoryTwinStore(), max_records=20)
+    while first.poll_once(0):
+        pass
+    first.close()
+    for i in range(50, 60):  # more arrive while the service is down
+        _publish(bus, f"t{i}", Path.LIVE, customer=f"c{i % 5}")
+    fresh_store = MemoryTwinStore()  # the process died: its twins with it
+    second = TwinService(bus, fresh_store, max_records=20)
+    while second.poll_once(0):
+        pass
+    counts = {f"c{n}": fresh_store.get(f"c{n}").count for n in range(5)}  # type: ignore[union-attr]
+    assert counts == {f"c{n}": 12 for n in range(5)}

@@ -20,6 +20,10 @@ class TwinStore(ABC):
     :class:`~corepay.errors.ConflictError` instead of a lost update.
     """
 
+    #: Whether twins outlive the process. A twin service on a store that does not rebuilds
+    #: its twins from ``live_outcome`` when it starts (twins are a replayable fold of it).
+    durable = True
+
     @abstractmethod
     def get(self, customer_id: str) -> Twin | None:
         """The customer's twin, or ``None`` if there is none yet.

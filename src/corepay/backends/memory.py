@@ -248,6 +248,8 @@ class MemoryConsumer(Consumer):
 class MemoryTwinStore(TwinStore):
     """Twins kept serialized in a dict, with compare-and-swap on the twin version."""
 
+    durable = False
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._docs: dict[str, tuple[int, bytes]] = {}

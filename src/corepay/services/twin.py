@@ -86,8 +86,32 @@ class TwinService(ConsumerService):
         self.policy = policy
         self.conflicts = 0
         self.customers: set[str] = set()
+        self._rebuilt: set[int] = set()
 
     def handle(self, messages: Sequence[Message]) -> Handled:
+        if not self.store.durable:
+            self._rebuild({tp.partition for tp in self.consumer.assignment()})
+        return self._apply(messages)
+
+    def _rebuild(self, partitions: set[int]) -> None:
+        """Rebuild the twins of newly owned partitions from the whole of ``live_outcome``.
+
+        Only for a store that does not outlive the process: after a restart its twins are
+        gone, while the group resumes after the committed offset. Applying outcomes is
+        idempotent and order-free, so replaying everything, then reading on, counts each once.
+        """
+        self._rebuilt &= partitions
+        fresh = partitions - self._rebuilt
+        if fresh:
+            replayed = self.bus.replay(LIVE_OUTCOME, fresh)
+            for start in range(0, len(replayed), self.max_records):
+                self._apply(replayed[start : start + self.max_records], dead_letters=False)
+            log.info(
+                "rebuilt twins of partitions %s from %d outcomes", sorted(fresh), len(replayed)
+            )
+            self._rebuilt |= fresh
+
+    def _apply(self, messages: Sequence[Message], *, dead_letters: bool = True) -> Handled:
         records: list[Record] = []
         by_customer: dict[str, list[Outcome]] = defaultdict(list)
         for message in messages:
@@ -96,7 +120,8 @@ class TwinService(ConsumerService):
                 if outcome.path.value != "live":
                     raise DecodeError(f"a {outcome.path.value} outcome on {LIVE_OUTCOME}")
             except DecodeError as exc:
-                records.append(dead_letter(message, str(exc)))
+                if dead_letters:  # (a replayed bad message was dead-lettered when first read)
+                    records.append(dead_letter(message, str(exc)))
                 continue
             by_customer[outcome.customer_id].append(outcome)
         for customer_id, outcomes in by_customer.items():
