@@ -1,36 +1,86 @@
 """Features of a payment, from the transaction alone and from the customer's twin. Pure.
 
-One module serves every model, so what a model was built on is what it scores with.
-Matrices are built for a whole batch at once and scored with numpy in one go.
+One module serves training (``corepay train``) and scoring (the engine's two paths), so a model
+is scored on exactly the features it learned from: no train/serve skew. A model names the
+features it uses, in order; :func:`feature_matrix` builds those columns for a whole batch at
+once, as one numpy matrix.
+
+Transaction features (what the payment request says):
+
+==================  ===============================================================
+``log_amount``      log10 of the amount in rough euro terms
+``tiny_amount``     1 when the amount is under 3 euro (the probes of card testing)
+``card_not_present`` 1 for ``ecommerce`` and ``moto``
+``atm``             1 for ``atm``
+``high_risk_mcc``   1 for merchant categories schemes treat as high risk
+``cross_border``    1 when the currency is not the country's own
+``night``           1 between 0:00 and 5:59, local time (the timestamp's own offset)
+==================  ===============================================================
+
+Twin features (what the customer's history says about this payment; a customer without a
+twin gets the no-history row, see :data:`NO_HISTORY`):
+
+==================  ===============================================================
+``amount_ratio``    log10 of the amount over the customer's mean, clipped to [-2, 3]
+``amount_zscore``   standard deviations above the customer's mean, clipped to [-3, 10]
+``new_merchant``    1 when the customer never paid this merchant
+``new_country``     1 when the customer never paid from this country
+``velocity_10m``    the customer's payments in the 10 minutes before this one
+``velocity_1h``     ... in the hour before
+``velocity_24h``    ... in the 24 hours before (counted over the twin's recent history)
+``log_since_last``  log10 of 1 + seconds since the customer's previous payment
+``decline_rate``    share of the customer's payments the live path declined
+``thin_history``    1 when the twin holds fewer than 3 payments
+==================  ===============================================================
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 
 import numpy as np
 
+from corepay.errors import ConfigurationError
 from corepay.models import Transaction, Twin
 
 __all__ = [
+    "FEATURES",
     "HIGH_RISK_MCCS",
+    "NO_HISTORY",
     "TRANSACTION_FEATURES",
     "TWIN_FEATURES",
+    "check_features",
+    "feature_matrix",
     "transaction_features",
     "twin_features",
 ]
 
-TRANSACTION_FEATURES = ("log_amount", "card_not_present", "high_risk_mcc", "cross_border", "night")
+TRANSACTION_FEATURES = (
+    "log_amount",
+    "tiny_amount",
+    "card_not_present",
+    "atm",
+    "high_risk_mcc",
+    "cross_border",
+    "night",
+)
 TWIN_FEATURES = (
     "amount_ratio",
+    "amount_zscore",
     "new_merchant",
     "new_country",
+    "velocity_10m",
     "velocity_1h",
+    "velocity_24h",
+    "log_since_last",
     "decline_rate",
     "thin_history",
 )
+#: Every feature CorePay computes, in a fixed order.
+FEATURES = TRANSACTION_FEATURES + TWIN_FEATURES
+_INDEX = {name: i for i, name in enumerate(FEATURES)}
 
 #: Merchant categories card schemes treat as high risk: gambling, quasi-cash, money transfer,
 #: digital goods, direct marketing, dating, crypto and prepaid.
@@ -41,28 +91,7 @@ _CARD_NOT_PRESENT = frozenset({"ecommerce", "moto"})
 
 # Where a currency is domestic. A payment in a currency outside its own area is cross-border.
 _EURO_AREA = frozenset(
-    [
-        "AT",
-        "BE",
-        "CY",
-        "DE",
-        "EE",
-        "ES",
-        "FI",
-        "FR",
-        "GR",
-        "HR",
-        "IE",
-        "IT",
-        "LT",
-        "LU",
-        "LV",
-        "MT",
-        "NL",
-        "PT",
-        "SI",
-        "SK",
-    ]
+    "AT BE CY DE EE ES FI FR GR HR IE IT LT LU LV MT NL PT SI SK".split()  # noqa: SIM905
 )
 _CURRENCY_AREAS: Mapping[str, frozenset[str]] = {
     "EUR": _EURO_AREA,
@@ -93,55 +122,132 @@ _UNITS_PER_EUR: Mapping[str, float] = {
     "SGD": 1.45,
     "MXN": 19.0,
 }
-_HOUR = timedelta(hours=1)
+_TINY_EUR = 3.0
 _THIN_HISTORY = 3
+_WINDOWS = (timedelta(minutes=10), timedelta(hours=1), timedelta(hours=24))
+#: ``log_since_last`` of a customer with no earlier payment: as if the last was ~12 days ago.
+_NEVER = 6.0
+
+#: The twin features of a customer without history (no twin, or an empty one).
+NO_HISTORY: Mapping[str, float] = {
+    "amount_ratio": 0.0,
+    "amount_zscore": 0.0,
+    "new_merchant": 1.0,
+    "new_country": 1.0,
+    "velocity_10m": 0.0,
+    "velocity_1h": 0.0,
+    "velocity_24h": 0.0,
+    "log_since_last": _NEVER,
+    "decline_rate": 0.0,
+    "thin_history": 1.0,
+}
+_NO_HISTORY_ROW = tuple(NO_HISTORY[name] for name in TWIN_FEATURES)
 
 
-def _cross_border(txn: Transaction) -> float:
-    area = _CURRENCY_AREAS.get(txn.currency)
-    return 0.0 if area is None or txn.country in area else 1.0
+def check_features(names: Iterable[str], *, allowed: Sequence[str] = FEATURES) -> tuple[str, ...]:
+    """``names`` as a tuple, if every one is a feature in ``allowed``.
+
+    Raises:
+        ConfigurationError: naming the features that are not computed (or not allowed).
+    """
+    names = tuple(names)
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        raise ConfigurationError(
+            f"unknown features {unknown}; the features available are {list(allowed)}"
+        )
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigurationError(f"features listed twice: {twice}")
+    return names
 
 
 def transaction_features(txns: Sequence[Transaction]) -> np.ndarray:
-    """One row per transaction, columns in :data:`TRANSACTION_FEATURES` order.
+    """One row per transaction, columns in :data:`TRANSACTION_FEATURES` order."""
+    n = len(txns)
+    eur = np.fromiter(
+        (float(t.amount) / _UNITS_PER_EUR.get(t.currency, 1.0) for t in txns), np.float64, n
+    )
+    out = np.empty((n, len(TRANSACTION_FEATURES)), dtype=np.float64)
+    out[:, 0] = np.log10(eur)
+    out[:, 1] = eur < _TINY_EUR
+    out[:, 2] = np.fromiter((t.channel in _CARD_NOT_PRESENT for t in txns), np.float64, n)
+    out[:, 3] = np.fromiter((t.channel == "atm" for t in txns), np.float64, n)
+    out[:, 4] = np.fromiter((t.merchant_category in HIGH_RISK_MCCS for t in txns), np.float64, n)
+    out[:, 5] = np.fromiter((_cross_border(t) for t in txns), np.float64, n)
+    out[:, 6] = np.fromiter((t.timestamp.hour < 6 for t in txns), np.float64, n)
+    return out
 
-    ``log_amount`` is in rough euro terms; ``night`` is a local hour (the timestamp's own
-    offset) between 0:00 and 5:59.
-    """
-    rows = [
-        (
-            math.log10(float(t.amount) / _UNITS_PER_EUR.get(t.currency, 1.0)),
-            1.0 if t.channel in _CARD_NOT_PRESENT else 0.0,
-            1.0 if t.merchant_category in HIGH_RISK_MCCS else 0.0,
-            _cross_border(t),
-            1.0 if t.timestamp.hour < 6 else 0.0,
-        )
-        for t in txns
-    ]
-    return np.array(rows, dtype=np.float64).reshape(len(rows), len(TRANSACTION_FEATURES))
+
+def _cross_border(txn: Transaction) -> bool:
+    area = _CURRENCY_AREAS.get(txn.currency)
+    return area is not None and txn.country not in area
 
 
 def _twin_row(txn: Transaction, twin: Twin | None) -> tuple[float, ...]:
     if twin is None or twin.count == 0:
-        return (0.0, 1.0, 1.0, 0.0, 0.0, 1.0)
-    mean = max(float(twin.amount_mean), 1.0)
-    ratio = min(max(math.log10(float(txn.amount) / mean), -2.0), 3.0)
-    since = txn.timestamp - _HOUR
-    velocity = sum(1 for h in twin.history if since <= h.timestamp < txn.timestamp)
+        return _NO_HISTORY_ROW
+    amount = float(txn.amount)
+    mean = float(twin.amount_mean)
+    std = math.sqrt(max(float(twin.amount_variance), 0.0))
+    ratio = min(max(math.log10(amount / max(mean, 0.01)), -2.0), 3.0)
+    zscore = min(max((amount - mean) / max(std, 0.25 * mean, 0.01), -3.0), 10.0)
+    at = txn.timestamp
+    earlier = [h.timestamp for h in twin.history if h.timestamp < at]
+    velocities = [float(sum(1 for ts in earlier if ts >= at - w)) for w in _WINDOWS]
+    if earlier:
+        since = math.log10(1.0 + (at - max(earlier)).total_seconds())
+    elif twin.last_seen < at:
+        since = math.log10(1.0 + (at - twin.last_seen).total_seconds())
+    else:
+        since = _NEVER
     return (
         ratio,
+        zscore,
         0.0 if txn.merchant_id in twin.merchants else 1.0,
         0.0 if txn.country in twin.countries else 1.0,
-        float(velocity),
+        *velocities,
+        since,
         twin.decline_rate,
         1.0 if twin.count < _THIN_HISTORY else 0.0,
     )
 
 
-def twin_features(txns: Sequence[Transaction], twins: Mapping[str, Twin]) -> np.ndarray:
+def twin_features(
+    txns: Sequence[Transaction], twins: Mapping[str, Twin] | Sequence[Twin | None] | None
+) -> np.ndarray:
     """One row per transaction, columns in :data:`TWIN_FEATURES` order.
 
-    ``twins`` maps customer id to twin; a customer without one gets the no-history row.
+    ``twins`` maps customer id to twin, or gives each transaction's twin in order (how
+    training replays history); a customer without one gets :data:`NO_HISTORY`.
     """
-    rows = [_twin_row(t, twins.get(t.customer_id)) for t in txns]
+    if isinstance(twins, Sequence):
+        if len(twins) != len(txns):
+            raise ValueError(f"{len(twins)} twins given for {len(txns)} transactions")
+        per_row: Iterable[Twin | None] = twins
+    else:
+        known = twins or {}
+        per_row = (known.get(t.customer_id) for t in txns)
+    rows = [_twin_row(t, twin) for t, twin in zip(txns, per_row, strict=False)]
     return np.array(rows, dtype=np.float64).reshape(len(rows), len(TWIN_FEATURES))
+
+
+def feature_matrix(
+    txns: Sequence[Transaction],
+    twins: Mapping[str, Twin] | Sequence[Twin | None] | None = None,
+    names: Sequence[str] = FEATURES,
+) -> np.ndarray:
+    """The ``names`` columns for a batch: one row per transaction, one column per name.
+
+    ``twins`` is as for :func:`twin_features`; twin features are only computed when a name
+    asks for one.
+
+    Raises:
+        ConfigurationError: a name is not a feature.
+    """
+    names = check_features(names)
+    parts = [transaction_features(txns)]
+    if any(n in TWIN_FEATURES for n in names):
+        parts.append(twin_features(txns, twins))
+    full = np.hstack(parts) if len(parts) > 1 else parts[0]
+    return full[:, [_INDEX[n] for n in names]]

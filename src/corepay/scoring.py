@@ -1,7 +1,31 @@
-"""Risk scores and the decision policy that turns a score into a decision with reasons. Pure."""
+"""The decision policy: risk scores become decisions, with reason codes. Pure.
+
+A score at or above ``Thresholds.decline`` is declined (``HIGH_RISK_SCORE``), at or above
+``Thresholds.review`` held for review (``ELEVATED_RISK_SCORE``), and approved below. A payment
+that is not approved also carries the codes of the features that explain it, whichever model
+scored it:
+
+=======================  ========================================================
+``AMOUNT_ANOMALY``       ten times the customer's mean, or 4 deviations above it
+``NEW_COUNTRY``          a country the customer never paid from (customers with history)
+``NEW_MERCHANT``         a merchant the customer never paid (customers with history)
+``VELOCITY``             3+ payments in the last 10 minutes, or 5+ in the last hour
+``HIGH_DECLINE_RATE``    30% or more of the customer's payments were declined
+``NO_HISTORY``           the customer's twin holds fewer than 3 payments
+``CARD_TESTING_AMOUNT``  under 3 euro
+``HIGH_RISK_MERCHANT``   a high-risk merchant category
+``CROSS_BORDER``         the currency is not the country's own
+``LARGE_AMOUNT``         1,000 euro or more
+``NIGHT``                between 0:00 and 5:59 local time
+=======================  ========================================================
+
+The live path adds the gateway's own codes (``GATEWAY_DECLINED`` with the issuer's code,
+``GATEWAY_TIMEOUT``, ``GATEWAY_UNAVAILABLE``).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import attrs
@@ -9,7 +33,7 @@ import numpy as np
 
 from corepay.models import Decision
 
-__all__ = ["LIVE_MODEL", "TWIN_MODEL", "LogisticModel", "Thresholds"]
+__all__ = ["REASON_RULES", "DecisionPolicy", "Thresholds"]
 
 
 @attrs.frozen
@@ -20,10 +44,18 @@ class Thresholds:
     decline: float = 0.8
 
     def __attrs_post_init__(self) -> None:
-        if not 0.0 < self.review <= self.decline <= 1.0:
-            raise ValueError("thresholds must satisfy 0 < review <= decline <= 1")
+        if not (
+            math.isfinite(self.review)
+            and math.isfinite(self.decline)
+            and 0.0 < self.review <= self.decline <= 1.0
+        ):
+            raise ValueError(
+                f"thresholds must satisfy 0 < review <= decline <= 1, "
+                f"got review={self.review}, decline={self.decline}"
+            )
 
     def decide(self, score: float) -> tuple[Decision, tuple[str, ...]]:
+        """The decision for one score, with its score reason code."""
         if score >= self.decline:
             return Decision.DECLINE, ("HIGH_RISK_SCORE",)
         if score >= self.review:
@@ -31,57 +63,55 @@ class Thresholds:
         return Decision.APPROVE, ()
 
 
+#: (feature, value at or above which it explains a non-approval, reason code), in the order
+#: codes are listed on an outcome.
+REASON_RULES: tuple[tuple[str, float, str], ...] = (
+    ("amount_ratio", 1.0, "AMOUNT_ANOMALY"),
+    ("amount_zscore", 4.0, "AMOUNT_ANOMALY"),
+    ("new_country", 1.0, "NEW_COUNTRY"),
+    ("new_merchant", 1.0, "NEW_MERCHANT"),
+    ("velocity_10m", 3.0, "VELOCITY"),
+    ("velocity_1h", 5.0, "VELOCITY"),
+    ("decline_rate", 0.3, "HIGH_DECLINE_RATE"),
+    ("thin_history", 1.0, "NO_HISTORY"),
+    ("tiny_amount", 1.0, "CARD_TESTING_AMOUNT"),
+    ("high_risk_mcc", 1.0, "HIGH_RISK_MERCHANT"),
+    ("cross_border", 1.0, "CROSS_BORDER"),
+    ("log_amount", 3.0, "LARGE_AMOUNT"),
+    ("night", 1.0, "NIGHT"),
+)
+# Novelty means nothing for a customer without history: everything is new to them.
+_NOVELTY = frozenset({"NEW_COUNTRY", "NEW_MERCHANT"})
+
+
 @attrs.frozen
-class LogisticModel:
-    """A logistic-regression scorer over named features: ``sigmoid(X @ weights + bias)``."""
+class DecisionPolicy:
+    """Turns a batch of scores, and the features they came from, into decisions and reasons."""
 
-    version: str
-    feature_names: tuple[str, ...]
-    weights: tuple[float, ...]
-    bias: float
+    thresholds: Thresholds = Thresholds()
 
-    def __attrs_post_init__(self) -> None:
-        if len(self.weights) != len(self.feature_names):
+    def decide(
+        self, scores: np.ndarray, features: np.ndarray, names: Sequence[str]
+    ) -> list[tuple[Decision, tuple[str, ...]]]:
+        """One ``(decision, reasons)`` per score; ``features`` has one column per name."""
+        if features.shape != (len(scores), len(names)):
             raise ValueError(
-                f"model {self.version} has {len(self.weights)} weights "
-                f"for {len(self.feature_names)} features"
+                f"features of shape {features.shape} do not match {len(scores)} scores "
+                f"and {len(names)} feature names"
             )
-
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Scores in [0, 1], one per row of ``features`` (columns in ``feature_names`` order)."""
-        if features.ndim != 2 or features.shape[1] != len(self.feature_names):
-            raise ValueError(
-                f"model {self.version} expects {len(self.feature_names)} feature columns, "
-                f"got shape {features.shape}"
-            )
-        z = features @ np.asarray(self.weights) + self.bias
-        scores: np.ndarray = 1.0 / (1.0 + np.exp(-z))
-        return scores
-
-    def contributions(self, row: Sequence[float]) -> dict[str, float]:
-        """Each feature's share of the logit for one row (what pushed the score up)."""
-        return {n: w * x for n, w, x in zip(self.feature_names, self.weights, row, strict=True)}
-
-
-#: The live path's risk model: transaction features only, as a production authorizer sees them.
-LIVE_MODEL = LogisticModel(
-    version="live-logit-1",
-    feature_names=("log_amount", "card_not_present", "high_risk_mcc", "cross_border", "night"),
-    weights=(1.15, 0.7, 1.9, 1.5, 0.6),
-    bias=-5.2,
-)
-
-#: The simulation path's model: what the customer's own history says about this payment.
-TWIN_MODEL = LogisticModel(
-    version="twin-logit-1",
-    feature_names=(
-        "amount_ratio",
-        "new_merchant",
-        "new_country",
-        "velocity_1h",
-        "decline_rate",
-        "thin_history",
-    ),
-    weights=(2.2, 0.6, 1.6, 0.45, 3.0, 0.5),
-    bias=-3.6,
-)
+        column = {n: i for i, n in enumerate(names)}
+        rules = [(features[:, column[f]] >= v, code) for f, v, code in REASON_RULES if f in column]
+        thin = features[:, column["thin_history"]] >= 1.0 if "thin_history" in column else None
+        decided: list[tuple[Decision, tuple[str, ...]]] = []
+        for i, score in enumerate(scores.tolist()):
+            decision, reasons = self.thresholds.decide(score)
+            if decision is not Decision.APPROVE:
+                codes: list[str] = []
+                for fired, code in rules:
+                    if fired[i] and code not in codes:
+                        if code in _NOVELTY and thin is not None and thin[i]:
+                            continue
+                        codes.append(code)
+                reasons += tuple(codes)
+            decided.append((decision, reasons))
+        return decided
