@@ -64,10 +64,12 @@ def test_every_transaction_is_decided_on_both_paths_and_divergences_alerted_exac
         if liv["error"] or sim["error"]:
             expected[tid] = AlertKind.PATH_ERROR.value
         elif liv["decision"] != sim["decision"]:
-            expected[tid] = AlertKind.DECISION_MISMATCH.value
+            stale = sim["twin_lag"] > 0
+            expected[tid] = (AlertKind.STALE_TWIN if stale else AlertKind.DECISION_MISMATCH).value
     alerts = _values(bus, DIVERGENCE_ALERT)
     assert {a["transaction_id"]: a["kind"] for a in alerts} == expected
     assert len(alerts) == len(expected) > 0
+    assert {AlertKind.STALE_TWIN.value, AlertKind.DECISION_MISMATCH.value} <= set(expected.values())
     assert len({a["alert_id"] for a in alerts}) == len(alerts)
     assert len(pairings) == 1500 and pipeline.detector.pending == 0
 

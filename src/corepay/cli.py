@@ -35,6 +35,24 @@ def main() -> None:
     """CorePay: shadow-test payment decisions against customers' digital twins."""
 
 
+def _model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for name, path, env in (
+        ("--twin-model", "simulation", "COREPAY_TWIN_MODEL"),
+        ("--live-model", "live", "COREPAY_LIVE_MODEL"),
+    ):
+        command = click.option(
+            name,
+            type=click.Path(exists=True, dir_okay=False, path_type=Path),
+            envvar=env,
+            help=f"Model file for the {path} path (from corepay train; env {env}) "
+            "[default: trained on first use].",
+        )(command)
+    return command
+
+
+_MODEL_OPTIONS = _model_options
+
+
 @main.command()
 @click.option(
     "--transactions",
@@ -73,12 +91,26 @@ def main() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write every topic and the final twins as JSON Lines into this folder.",
 )
+@_MODEL_OPTIONS
 def demo(
-    transactions: int, customers: int, seed: int, batch_size: int, as_json: bool, out: Path | None
+    transactions: int,
+    customers: int,
+    seed: int,
+    batch_size: int,
+    as_json: bool,
+    out: Path | None,
+    live_model: Path | None,
+    twin_model: Path | None,
 ) -> None:
-    """Run the whole pipeline in one process on generated traffic, and summarize it."""
-    from corepay.demo import run_demo
+    """Run the whole pipeline in one process on generated traffic, and summarize it.
 
+    Without model files, both paths use the default models, trained on first use.
+    """
+    from corepay.demo import run_demo
+    from corepay.training import model_for
+
+    live = model_for("live", None if live_model is None else str(live_model))
+    twin = model_for("simulation", None if twin_model is None else str(twin_model))
     with _progress(transactions) as progress:
         summary = run_demo(
             transactions=transactions,
@@ -87,6 +119,8 @@ def demo(
             batch_size=batch_size,
             out=out,
             progress=progress,
+            live_model=live,
+            twin_model=twin,
         )
     if as_json:
         click.echo(json.dumps(summary, sort_keys=True))
@@ -97,12 +131,10 @@ def demo(
 
 
 @contextlib.contextmanager
-def _progress(total: int) -> Iterator[Callable[[int], None]]:
+def _progress(total: int, label: str = "transactions") -> Iterator[Callable[[int], None]]:
     """A progress bar on a terminal; elsewhere (logs, CI) a line at every tenth of the way."""
     if sys.stderr.isatty():
-        with click.progressbar(
-            length=total, label="transactions", file=sys.stderr, show_pos=True
-        ) as bar:
+        with click.progressbar(length=total, label=label, file=sys.stderr, show_pos=True) as bar:
             yield bar.update
         return
     done = 0
@@ -112,7 +144,7 @@ def _progress(total: int) -> Iterator[Callable[[int], None]]:
         nonlocal done
         before, done = done, done + n
         if done // step > before // step or done == total:
-            click.echo(f"transactions {done:,}/{total:,}", err=True)
+            click.echo(f"{label} {done:,}/{total:,}", err=True)
 
     yield update
 
@@ -179,6 +211,22 @@ def _render(s: dict[str, Any]) -> str:
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     help="Log level (env COREPAY_LOG_LEVEL) [default: INFO].",
 )
+@click.option(
+    "--gateway",
+    "gateway_url",
+    help="Engine: the payment gateway (env COREPAY_GATEWAY_URL): simulated://?seed=N "
+    "or the http(s):// URL of a gateway [default: simulated].",
+)
+@click.option(
+    "--live-model",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Engine: model file for the live path (env COREPAY_LIVE_MODEL).",
+)
+@click.option(
+    "--twin-model",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Engine: model file for the simulation path (env COREPAY_TWIN_MODEL).",
+)
 def serve(service: str, **options: Any) -> None:
     """Run one service until SIGTERM: ingestion, engine, twin or detector."""
     from corepay.services.serve import serve as run
@@ -189,3 +237,172 @@ def serve(service: str, **options: Any) -> None:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     run(service, settings)
+
+
+@main.command()
+@click.option(
+    "--out",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to save the model (joblib).",
+)
+@click.option(
+    "--path",
+    "path",
+    type=click.Choice(["live", "simulation"]),
+    default="live",
+    show_default=True,
+    help="live: transaction features only; simulation: also the customer's twin.",
+)
+@click.option(
+    "--seed",
+    "-s",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of the generated world to learn from.",
+)
+@click.option(
+    "--transactions",
+    "-n",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(min=1000),
+    help="Payments to generate.",
+)
+@click.option(
+    "--customers",
+    "-c",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Customers to generate.",
+)
+@click.option(
+    "--review-threshold",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Fix the review threshold [default: chosen on the training data].",
+)
+@click.option(
+    "--decline-threshold",
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Fix the decline threshold [default: chosen on the training data].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def train(
+    out: Path,
+    path: str,
+    seed: int,
+    transactions: int,
+    customers: int,
+    review_threshold: float | None,
+    decline_threshold: float | None,
+    as_json: bool,
+) -> None:
+    """Train a risk model on a generated world; save it and print its held-out metrics.
+
+    The latest quarter of the generated payments is held out; thresholds are chosen on the
+    rest (review: the lowest score flagging with 50% precision, decline: 90%).
+    """
+    from corepay.training import TrainingConfig, feature_table
+    from corepay.training import train as fit
+
+    try:
+        config = TrainingConfig(
+            path=path,
+            seed=seed,
+            transactions=transactions,
+            customers=customers,
+            review=review_threshold,
+            decline=decline_threshold,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    model = fit(config)
+    written = model.save(out)
+    meta = model.metadata
+    if as_json:
+        click.echo(json.dumps({**meta.to_json(), **meta.metrics, "out": str(written)}))
+        return
+    m = meta.metrics
+    lines = [
+        f"model {meta.version} ({meta.path} path) saved to {written}",
+        f"trained on {meta.training['train_transactions']:,} of {transactions:,} generated "
+        f"payments (seed {seed}, {customers:,} customers)",
+        f"held out: the latest {m['transactions']:,} payments, {m['fraud_rate']:.1%} fraud",
+        f"  ROC AUC                 {m['roc_auc']:.4f}",
+        f"  review  at {meta.thresholds.review:<8.4g}  precision {m['precision']:.3f}  "
+        f"recall {m['recall']:.3f}",
+        f"  decline at {meta.thresholds.decline:<8.4g}  precision "
+        f"{m['precision_at_decline']:.3f}  recall {m['recall_at_decline']:.3f}",
+        "weights (standardised features):",
+        *(f"  {name:<18}{weight:+.3f}" for name, weight in feature_table(model)),
+    ]
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@click.option(
+    "--count",
+    "-n",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Payments to generate.",
+)
+@click.option(
+    "--customers",
+    "-c",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Customers to generate.",
+)
+@click.option(
+    "--seed", "-s", default=0, show_default=True, type=int, help="Same seed, same payments."
+)
+@click.option(
+    "--out",
+    "-o",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Write the payments as JSON Lines here ('-': standard output).",
+)
+@click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write each payment's label (transaction_id, is_fraud, pattern) here.",
+)
+@click.option(
+    "--to",
+    "target",
+    help="Also send them: http(s)://host:port (the ingestion API) or a bus URL "
+    "such as kafka://127.0.0.1:9092.",
+)
+def generate(
+    count: int,
+    customers: int,
+    seed: int,
+    out: Path | None,
+    labels: Path | None,
+    target: str | None,
+) -> None:
+    """Generate a synthetic payments world with labelled fraud.
+
+    Each line of --out is a wire-format transaction the ingestion API accepts as is.
+    """
+    from corepay.generate import generate as run
+
+    if out is None and labels is None and target is None:
+        raise click.UsageError("say where the payments go: --out, --labels and/or --to")
+    with _progress(count, "sent" if target else "generated") as progress:
+        report = run(
+            count=count,
+            customers=customers,
+            seed=seed,
+            out=None if out is None else str(out),
+            labels=labels,
+            target=target,
+            progress=progress,
+        )
+    click.echo(report, err=True)

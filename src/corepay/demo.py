@@ -11,7 +11,9 @@ from corepay.backends.memory import MemoryBus, MemoryTwinStore
 from corepay.bus import ALL_TOPICS, dead_letter_topic
 from corepay.errors import ValidationError
 from corepay.pipeline import Pipeline
+from corepay.riskmodel import RiskModel
 from corepay.traffic import TrafficGenerator
+from corepay.training import default_model
 from corepay.wire import encode_twin
 
 __all__ = ["run_demo"]
@@ -40,6 +42,8 @@ def run_demo(
     batch_size: int = 500,
     out: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    live_model: RiskModel | None = None,
+    twin_model: RiskModel | None = None,
 ) -> dict[str, Any]:
     """Run ``transactions`` generated payments through the pipeline; return the summary.
 
@@ -47,11 +51,21 @@ def run_demo(
     same divergences on every run. With ``out``, every topic is written there as JSON Lines,
     one message value per line, plus the final twins as ``twins.jsonl``.
     """
+    # Models first: a default model is trained here, outside the measured run.
+    live_model = live_model or default_model("live")
+    twin_model = twin_model or default_model("simulation")
     bus, store = MemoryBus(), MemoryTwinStore()
     traffic = TrafficGenerator(customers=customers, seed=seed)
     rejected: dict[str, int] = {}
     started = time.perf_counter()
-    with Pipeline(bus, store, seed=seed, batch_size=batch_size) as pipeline:
+    with Pipeline(
+        bus,
+        store,
+        seed=seed,
+        batch_size=batch_size,
+        live_model=live_model,
+        twin_model=twin_model,
+    ) as pipeline:
         batch: list[dict[str, Any]] = []
         for serial, request in enumerate(traffic.requests(transactions), start=1):
             if serial % _MALFORMED_EVERY == 0:
@@ -66,7 +80,12 @@ def run_demo(
         _flush(pipeline, batch, progress)
         elapsed = time.perf_counter() - started
         summary = _summary(pipeline, bus, store, elapsed, rejected)
-    summary.update(seed=seed, customers=customers, batch_size=batch_size)
+    summary.update(
+        seed=seed,
+        customers=customers,
+        batch_size=batch_size,
+        models={"live": live_model.version, "simulation": twin_model.version},
+    )
     if out is not None:
         _write(out, bus, store)
     return summary

@@ -31,6 +31,8 @@ def classify(live: Outcome, simulation: Outcome) -> AlertKind | None:
     if live.error is not None or simulation.error is not None:
         return AlertKind.PATH_ERROR
     if live.decision is not simulation.decision:
+        if simulation.twin_lag:
+            return AlertKind.STALE_TWIN
         return AlertKind.DECISION_MISMATCH
     return None
 
@@ -42,6 +44,11 @@ def _detail(kind: AlertKind, live: Outcome | None, simulation: Outcome | None) -
         return "no simulation outcome arrived within the pairing timeout"
     assert live is not None and simulation is not None
     text = f"live {live.decision.value} vs simulation {simulation.decision.value}"
+    if kind is AlertKind.STALE_TWIN:
+        text += (
+            f" (twin version {simulation.twin_version} missed "
+            f"{simulation.twin_lag} earlier payments)"
+        )
     errors = [f"{o.path.value} error {o.error}" for o in (live, simulation) if o.error]
     return f"{text} ({'; '.join(errors)})" if errors else text
 

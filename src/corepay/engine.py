@@ -47,6 +47,8 @@ class Engine:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self.live.close()
+        self.simulation.close()
 
     def __enter__(self) -> Self:
         return self

@@ -46,6 +46,8 @@ class AlertKind(enum.StrEnum):
 
     #: Both paths answered, with different decisions.
     DECISION_MISMATCH = "DECISION_MISMATCH"
+    #: The paths disagree, and the twin the simulation read was missing earlier payments.
+    STALE_TWIN = "STALE_TWIN"
     #: A path failed (gateway outage, twin service down...) and answered with an error.
     PATH_ERROR = "PATH_ERROR"
     #: The simulation outcome arrived but the live one did not, within the pairing timeout.
@@ -91,7 +93,9 @@ class Outcome:
 
     ``error`` is set when the path could not decide normally (gateway timeout, twin service
     unavailable); the path still answers, so the transaction is never silently dropped.
-    ``twin_version`` is the version of the twin the simulation path read (0: no twin yet).
+    ``twin_version`` is the version of the twin the simulation path read (0: no twin yet) and
+    ``twin_lag`` how many of the customer's earlier payments, already decided, that twin did
+    not reflect yet (0: it was up to date).
     ``score`` is the model's risk score in [0, 1], ``None`` when the path failed before scoring.
     """
 
@@ -103,6 +107,7 @@ class Outcome:
     model_version: str
     timings: Timings
     twin_version: int | None = None
+    twin_lag: int | None = None
     error: str | None = None
 
     @property

@@ -2,26 +2,31 @@
 
 - :class:`LivePath` decides as production would: the risk model scores the transaction, the
   policy declines or holds risky ones, and the rest are authorized with the payment gateway.
-- :class:`SimulationPath` predicts that decision from the customer's digital twin.
+- :class:`SimulationPath` predicts that decision from the customer's digital twin, and says
+  how stale the twin it read was.
 
 Both take a whole batch, build its feature matrix and score it with numpy in one go. Neither
-ever drops a transaction: a failure becomes an outcome with ``error`` set.
+ever drops a transaction: a failure becomes an outcome with ``error`` set. A path's model comes
+from a model file (:func:`corepay.riskmodel.load_model`) or, by default, is trained on first use
+(:func:`corepay.training.default_model`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from corepay.errors import BackendTimeoutError, CorepayError, UnavailableError
-from corepay.features import TWIN_FEATURES, transaction_features, twin_features
-from corepay.gateway import PaymentGateway
-from corepay.models import Decision, Outcome, Path, Timings, Transaction
-from corepay.scoring import LIVE_MODEL, TWIN_MODEL, LogisticModel, Thresholds
+from corepay.gateway import GatewayResponse, PaymentGateway
+from corepay.models import Decision, Outcome, Path, Timings, Transaction, Twin
+from corepay.riskmodel import RiskModel
+from corepay.scoring import DecisionPolicy, Thresholds
 from corepay.twin_client import TwinClient
 
-__all__ = ["DecisionPath", "LivePath", "SimulationPath"]
+__all__ = ["DecisionPath", "LivePath", "SimulationPath", "policy_for"]
 
 Clock = Callable[[], float]
 
@@ -40,6 +45,9 @@ class DecisionPath:
         self, txns: Sequence[Transaction], ingested: Sequence[datetime | None]
     ) -> list[Outcome]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the path holds (threads, connections)."""
 
     def failed(
         self,
@@ -69,8 +77,38 @@ class DecisionPath:
         ]
 
 
+def policy_for(model: RiskModel, thresholds: Thresholds | None = None) -> DecisionPolicy:
+    """The decision policy for a model: its own thresholds unless others are given."""
+    return DecisionPolicy(thresholds or model.thresholds)
+
+
+def _default(path: str) -> RiskModel:
+    from corepay.training import default_model  # trains on first use, so only when needed
+
+    return default_model(path)
+
+
+def _check_model(model: RiskModel, path: Path) -> RiskModel:
+    if model.metadata.path != path.value:
+        raise CorepayError(
+            f"model {model.version} is for the {model.metadata.path} path, "
+            f"not the {path.value} path"
+        )
+    return model
+
+
+_GatewayResult = tuple[Decision, tuple[str, ...], str | None, float | None]
+
+
 class LivePath(DecisionPath):
-    """Risk model, decision policy, then the payment gateway for what the policy lets through."""
+    """Risk model, decision policy, then the payment gateway for what the policy lets through.
+
+    Args:
+        gateway: authorizes what the policy approves. A gateway that blocks on the network is
+            called for up to ``gateway_workers`` payments of a batch at once.
+        model: the risk model (transaction features only); default: :func:`default_model`.
+        policy: thresholds and reason codes; default: the model's own thresholds.
+    """
 
     path = Path.LIVE
 
@@ -78,43 +116,43 @@ class LivePath(DecisionPath):
         self,
         gateway: PaymentGateway,
         *,
-        model: LogisticModel = LIVE_MODEL,
-        thresholds: Thresholds = Thresholds(),
+        model: RiskModel | None = None,
+        policy: DecisionPolicy | None = None,
         clock: Clock = time.time,
+        gateway_workers: int = 16,
     ) -> None:
         self.gateway = gateway
-        self.model = model
-        self.thresholds = thresholds
+        self.model = _check_model(model or _default("live"), Path.LIVE)
+        self.policy = policy or policy_for(self.model)
         self.clock = clock
-        self.model_version = model.version
+        self.model_version = self.model.version
+        self._pool = (
+            ThreadPoolExecutor(gateway_workers, thread_name_prefix="corepay-gateway")
+            if gateway.blocking and gateway_workers > 1
+            else None
+        )
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def decide_batch(
         self, txns: Sequence[Transaction], ingested: Sequence[datetime | None]
     ) -> list[Outcome]:
         started = time.perf_counter()
-        scores = self.model.score(transaction_features(txns))
-        decided: list[tuple[Decision, tuple[str, ...], str | None, float | None]] = []
-        for txn, score in zip(txns, scores.tolist(), strict=True):
-            decision, reasons = self.thresholds.decide(score)
-            if decision is not Decision.APPROVE:
-                decided.append((decision, reasons, None, None))
-                continue
-            try:
-                answer = self.gateway.authorize(txn)
-            except BackendTimeoutError:
-                decided.append((Decision.REVIEW, ("GATEWAY_TIMEOUT",), "GATEWAY_TIMEOUT", None))
-            except UnavailableError:
-                decided.append(
-                    (Decision.REVIEW, ("GATEWAY_UNAVAILABLE",), "GATEWAY_UNAVAILABLE", None)
-                )
-            except CorepayError:
-                decided.append((Decision.REVIEW, ("GATEWAY_ERROR",), "GATEWAY_ERROR", None))
-            else:
-                if answer.approved:
-                    decided.append((Decision.APPROVE, (), None, answer.latency_ms))
-                else:
-                    reasons = ("GATEWAY_DECLINED", f"GATEWAY_{answer.code}")
-                    decided.append((Decision.DECLINE, reasons, None, answer.latency_ms))
+        features = self.model.features_of(txns)
+        scores = self.model.score(features)
+        decided: list[_GatewayResult] = [
+            (decision, reasons, None, None)
+            for decision, reasons in self.policy.decide(scores, features, self.model.features)
+        ]
+        to_authorize = [i for i, d in enumerate(decided) if d[0] is Decision.APPROVE]
+        if self._pool is not None and len(to_authorize) > 1:
+            answers = list(self._pool.map(self._authorize, [txns[i] for i in to_authorize]))
+        else:
+            answers = [self._authorize(txns[i]) for i in to_authorize]
+        for i, answer in zip(to_authorize, answers, strict=True):
+            decided[i] = answer
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(txns), 1)
         now = _utc(self.clock())
         return [
@@ -135,58 +173,78 @@ class LivePath(DecisionPath):
             )
         ]
 
-
-# Which twin features, past which value, explain a non-approval (in TWIN_FEATURES order).
-_TWIN_REASONS = (
-    ("amount_ratio", 1.0, "AMOUNT_ANOMALY"),
-    ("new_merchant", 1.0, "NEW_MERCHANT"),
-    ("new_country", 1.0, "NEW_COUNTRY"),
-    ("velocity_1h", 3.0, "VELOCITY"),
-    ("decline_rate", 0.3, "HIGH_DECLINE_RATE"),
-    ("thin_history", 1.0, "NO_HISTORY"),
-)
-_REASON_COLUMNS = tuple((TWIN_FEATURES.index(f), v, r) for f, v, r in _TWIN_REASONS)
+    def _authorize(self, txn: Transaction) -> _GatewayResult:
+        try:
+            answer: GatewayResponse = self.gateway.authorize(txn)
+        except BackendTimeoutError:
+            return (Decision.REVIEW, ("GATEWAY_TIMEOUT",), "GATEWAY_TIMEOUT", None)
+        except UnavailableError:
+            return (Decision.REVIEW, ("GATEWAY_UNAVAILABLE",), "GATEWAY_UNAVAILABLE", None)
+        except CorepayError:
+            return (Decision.REVIEW, ("GATEWAY_ERROR",), "GATEWAY_ERROR", None)
+        if answer.approved:
+            return (Decision.APPROVE, (), None, answer.latency_ms)
+        reasons = ("GATEWAY_DECLINED", f"GATEWAY_{answer.code}")
+        return (Decision.DECLINE, reasons, None, answer.latency_ms)
 
 
 class SimulationPath(DecisionPath):
-    """Predicts the live decision from the customer's twin, stamping the twin version read."""
+    """Predicts the live decision from the customer's twin, stamping the twin it read.
+
+    Every outcome carries the version of the twin read and ``twin_lag``: how many of the
+    customer's earlier payments this path had already decided that the twin did not yet
+    reflect (the twin service applies a payment only after its live outcome is published, so
+    a burst of payments meets a twin that is behind). A disagreement with ``twin_lag > 0`` is
+    told apart by the detector as ``STALE_TWIN``.
+
+    Args:
+        twins: where twins are read from.
+        model: the twin model; default: :func:`default_model`.
+        policy: thresholds and reason codes; default: the model's own thresholds.
+        remember_customers: customers whose recent payments are remembered to measure lag.
+    """
 
     path = Path.SIMULATION
+    #: Recent payments remembered per customer to measure twin lag.
+    recent_per_customer = 32
 
     def __init__(
         self,
         twins: TwinClient,
         *,
-        model: LogisticModel = TWIN_MODEL,
-        thresholds: Thresholds = Thresholds(),
+        model: RiskModel | None = None,
+        policy: DecisionPolicy | None = None,
         clock: Clock = time.time,
+        remember_customers: int = 100_000,
     ) -> None:
         self.twins = twins
-        self.model = model
-        self.thresholds = thresholds
+        self.model = _check_model(model or _default("simulation"), Path.SIMULATION)
+        self.policy = policy or policy_for(self.model)
         self.clock = clock
-        self.model_version = model.version
+        self.model_version = self.model.version
+        self.remember_customers = remember_customers
+        self._recent: OrderedDict[str, list[tuple[datetime, str]]] = OrderedDict()
 
     def decide_batch(
         self, txns: Sequence[Transaction], ingested: Sequence[datetime | None]
     ) -> list[Outcome]:
         started = time.perf_counter()
         try:
-            twins = self.twins.get_many([t.customer_id for t in txns])
+            twins = self.twins.get_many(list(dict.fromkeys(t.customer_id for t in txns)))
         except BackendTimeoutError:
             return self.failed(txns, ingested, "TWIN_TIMEOUT", now=self.clock())
         except UnavailableError:
             return self.failed(txns, ingested, "TWIN_UNAVAILABLE", now=self.clock())
-        features = twin_features(txns, twins)
-        scores = self.model.score(features).tolist()
-        rows = features.tolist()
+        features = self.model.features_of(txns, twins)
+        scores = self.model.score(features)
+        decided = self.policy.decide(scores, features, self.model.features)
+        lags = self._lags(txns, twins)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(txns), 1)
         now = _utc(self.clock())
         outcomes = []
-        for txn, at, score, row in zip(txns, ingested, scores, rows, strict=True):
-            decision, reasons = self.thresholds.decide(score)
-            if decision is not Decision.APPROVE:
-                reasons += tuple(r for col, v, r in _REASON_COLUMNS if row[col] >= v)
+        for txn, at, score, (decision, reasons), lag in zip(
+            txns, ingested, scores.tolist(), decided, lags, strict=True
+        ):
             twin = twins.get(txn.customer_id)
             outcomes.append(
                 Outcome(
@@ -197,7 +255,36 @@ class SimulationPath(DecisionPath):
                     reasons=reasons,
                     model_version=self.model_version,
                     twin_version=0 if twin is None else twin.version,
+                    twin_lag=lag,
                     timings=Timings(decided_at=now, elapsed_ms=elapsed_ms, ingested_at=at),
                 )
             )
         return outcomes
+
+    def _lags(self, txns: Sequence[Transaction], twins: Mapping[str, Twin]) -> list[int]:
+        """For each payment, the customer's earlier decided payments its twin does not show."""
+        lags = []
+        recent = self._recent
+        for txn in txns:
+            seen = recent.get(txn.customer_id)
+            if seen is None:
+                seen = recent[txn.customer_id] = []
+                if len(recent) > self.remember_customers:
+                    recent.popitem(last=False)
+            else:
+                recent.move_to_end(txn.customer_id)
+            twin = twins.get(txn.customer_id)
+            as_of = None if twin is None else twin.last_seen
+            lags.append(
+                sum(
+                    1
+                    for at, tid in seen
+                    if tid != txn.transaction_id
+                    and at <= txn.timestamp
+                    and (as_of is None or at > as_of)
+                )
+            )
+            if all(tid != txn.transaction_id for _, tid in seen):
+                seen.append((txn.timestamp, txn.transaction_id))
+                del seen[: -self.recent_per_customer]
+        return lags

@@ -20,7 +20,9 @@ from corepay.engine import Engine
 from corepay.gateway import PaymentGateway, SimulatedGateway
 from corepay.ingest import Accepted, Ingestor
 from corepay.metrics import LatencyRecorder
-from corepay.paths import LivePath, SimulationPath
+from corepay.paths import LivePath, SimulationPath, policy_for
+from corepay.riskmodel import RiskModel
+from corepay.scoring import Thresholds
 from corepay.services.detector import DetectorService
 from corepay.services.engine import EngineService
 from corepay.services.twin import TwinService
@@ -38,6 +40,9 @@ class Pipeline:
         store: defaults to a new :class:`MemoryTwinStore`.
         gateway: the live path's gateway; defaults to ``SimulatedGateway(seed)``.
         seed: seed of the default gateway.
+        live_model, twin_model: the paths' risk models; default: trained on first use
+            (:func:`corepay.training.default_model`).
+        live_thresholds, twin_thresholds: override the models' own decision thresholds.
         batch_size: most messages each service handles per step.
         pairing_timeout: seconds the detector waits for the second outcome of a pair.
         max_pending: most half-pairs the detector holds.
@@ -52,6 +57,10 @@ class Pipeline:
         *,
         gateway: PaymentGateway | None = None,
         seed: int = 0,
+        live_model: RiskModel | None = None,
+        twin_model: RiskModel | None = None,
+        live_thresholds: Thresholds | None = None,
+        twin_thresholds: Thresholds | None = None,
         batch_size: int = 500,
         pairing_timeout: float = 30.0,
         max_pending: int = 100_000,
@@ -63,10 +72,13 @@ class Pipeline:
         self.bus.ensure_topics(ALL_TOPICS)
         self._on_pairing = on_pairing
         self.ingestor = Ingestor(self.bus, clock=clock)
-        self.engine = Engine(
-            LivePath(gateway or SimulatedGateway(seed), clock=clock),
-            SimulationPath(StoreTwinClient(self.store), clock=clock),
-        )
+        live = LivePath(gateway or SimulatedGateway(seed), model=live_model, clock=clock)
+        if live_thresholds is not None:
+            live.policy = policy_for(live.model, live_thresholds)
+        simulation = SimulationPath(StoreTwinClient(self.store), model=twin_model, clock=clock)
+        if twin_thresholds is not None:
+            simulation.policy = policy_for(simulation.model, twin_thresholds)
+        self.engine = Engine(live, simulation)
         self.detector = DivergenceDetector(timeout=pairing_timeout, max_pending=max_pending)
         self.services = (
             EngineService(self.bus, self.engine, max_records=batch_size),

@@ -18,6 +18,13 @@ variable                        setting                        default
 ``COREPAY_MAX_PENDING``         ``max_pending``                ``100000``
 ``COREPAY_BATCH_SIZE``          ``batch_size``                 ``500``
 ``COREPAY_GATEWAY_SEED``        ``gateway_seed``               ``0``
+``COREPAY_GATEWAY_URL``         ``gateway_url``                ``simulated://?seed=<seed>``
+``COREPAY_LIVE_MODEL``          ``live_model`` (a model file)  trained on first use
+``COREPAY_TWIN_MODEL``          ``twin_model`` (a model file)  trained on first use
+``COREPAY_LIVE_REVIEW``         ``live_review`` (threshold)    the live model's own
+``COREPAY_LIVE_DECLINE``        ``live_decline`` (threshold)   the live model's own
+``COREPAY_TWIN_REVIEW``         ``twin_review`` (threshold)    the twin model's own
+``COREPAY_TWIN_DECLINE``        ``twin_decline`` (threshold)   the twin model's own
 ``COREPAY_LOG_LEVEL``           ``log_level``                  ``INFO``
 ==============================  =============================  ==============================
 """
@@ -32,6 +39,7 @@ from typing import Any
 import attrs
 
 from corepay.errors import ConfigurationError
+from corepay.scoring import Thresholds
 
 __all__ = ["ENV_VARS", "Settings"]
 
@@ -57,7 +65,29 @@ class Settings:
     max_pending: int = attrs.field(default=100_000, validator=_positive)
     batch_size: int = attrs.field(default=500, validator=_positive)
     gateway_seed: int = 0
+    gateway_url: str | None = attrs.field(default=None, repr=False)
+    live_model: str | None = None
+    twin_model: str | None = None
+    live_review: float | None = None
+    live_decline: float | None = None
+    twin_review: float | None = None
+    twin_decline: float | None = None
     log_level: str = "INFO"
+
+    def thresholds(self, path: str, model: Thresholds) -> Thresholds:
+        """The thresholds of ``path`` (``live`` or ``twin``): those set here, else the model's.
+
+        Raises:
+            ConfigurationError: the result is not 0 < review <= decline <= 1.
+        """
+        review, decline = getattr(self, f"{path}_review"), getattr(self, f"{path}_decline")
+        try:
+            return Thresholds(
+                model.review if review is None else review,
+                model.decline if decline is None else decline,
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"{path} thresholds: {exc}") from None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **explicit: Any) -> Settings:
@@ -96,5 +126,12 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "COREPAY_MAX_PENDING": ("max_pending", int),
     "COREPAY_BATCH_SIZE": ("batch_size", int),
     "COREPAY_GATEWAY_SEED": ("gateway_seed", int),
+    "COREPAY_GATEWAY_URL": ("gateway_url", str),
+    "COREPAY_LIVE_MODEL": ("live_model", str),
+    "COREPAY_TWIN_MODEL": ("twin_model", str),
+    "COREPAY_LIVE_REVIEW": ("live_review", float),
+    "COREPAY_LIVE_DECLINE": ("live_decline", float),
+    "COREPAY_TWIN_REVIEW": ("twin_review", float),
+    "COREPAY_TWIN_DECLINE": ("twin_decline", float),
     "COREPAY_LOG_LEVEL": ("log_level", str),
 }

@@ -262,6 +262,7 @@ def outcome_to_wire(outcome: Outcome) -> dict[str, Any]:
         "error": outcome.error,
         "model_version": outcome.model_version,
         "twin_version": outcome.twin_version,
+        "twin_lag": outcome.twin_lag,
         "timings": {
             "ingested_at": _time(timings.ingested_at),
             "decided_at": _time(timings.decided_at),
@@ -391,6 +392,7 @@ def _outcome_from(d: Mapping[str, Any]) -> Outcome:
         reasons=tuple(d["reasons"]),
         model_version=d["model_version"],
         twin_version=d.get("twin_version"),
+        twin_lag=d.get("twin_lag"),
         error=d.get("error"),
         timings=Timings(
             decided_at=datetime.fromisoformat(t["decided_at"]),

@@ -8,12 +8,17 @@ from datetime import datetime
 from corepay.bus import LIVE_OUTCOME, RAW_TRANSACTIONS, SIMULATION_OUTCOME, Bus, Message, Record
 from corepay.engine import Engine
 from corepay.errors import DecodeError
+from corepay.gateway import open_gateway
 from corepay.ingest import INGESTED_AT_HEADER
 from corepay.models import Transaction
+from corepay.paths import LivePath, SimulationPath
+from corepay.scoring import DecisionPolicy
 from corepay.services.runner import ConsumerService, Handled, dead_letter
+from corepay.settings import Settings
+from corepay.twin_client import TwinClient
 from corepay.wire import decode_transaction, encode_outcome
 
-__all__ = ["EngineService"]
+__all__ = ["EngineService", "build_engine"]
 
 
 def _ingested_at(message: Message) -> datetime | None:
@@ -55,3 +60,27 @@ class EngineService(ConsumerService):
         for outcome in simulation:
             records.append(Record(SIMULATION_OUTCOME, outcome.customer_id, encode_outcome(outcome)))
         return Handled(records)
+
+
+def build_engine(settings: Settings, twins: TwinClient) -> Engine:
+    """The engine a deployment's settings describe: gateway, models and thresholds.
+
+    Raises:
+        ConfigurationError: a model file or the gateway URL is unusable (named in the message).
+    """
+    from corepay.training import model_for
+
+    gateway = open_gateway(settings.gateway_url or f"simulated://?seed={settings.gateway_seed}")
+    live_model = model_for("live", settings.live_model)
+    twin_model = model_for("simulation", settings.twin_model)
+    live = LivePath(
+        gateway,
+        model=live_model,
+        policy=DecisionPolicy(settings.thresholds("live", live_model.thresholds)),
+    )
+    simulation = SimulationPath(
+        twins,
+        model=twin_model,
+        policy=DecisionPolicy(settings.thresholds("twin", twin_model.thresholds)),
+    )
+    return Engine(live, simulation)

@@ -14,12 +14,9 @@ from werkzeug.serving import make_server
 from corepay.backends import open_bus, open_store
 from corepay.bus import ALL_TOPICS
 from corepay.divergence import DivergenceDetector
-from corepay.engine import Engine
 from corepay.errors import ConfigurationError
-from corepay.gateway import SimulatedGateway
-from corepay.paths import LivePath, SimulationPath
 from corepay.services.detector import DetectorService
-from corepay.services.engine import EngineService
+from corepay.services.engine import EngineService, build_engine
 from corepay.services.ingestion import create_app
 from corepay.services.twin import TwinService
 from corepay.services.twin_api import create_twin_app
@@ -70,13 +67,19 @@ def _engine(settings: Settings, stop: threading.Event) -> None:
             "the engine reads twins from the twin service: give --twin-url or COREPAY_TWIN_URL"
             " (for example http://127.0.0.1:8081)"
         )
-    bus = open_bus(settings.bus_url)
-    bus.ensure_topics(ALL_TOPICS)
     twins = HttpTwinClient(settings.twin_url)
-    engine = Engine(LivePath(SimulatedGateway(settings.gateway_seed)), SimulationPath(twins))
     try:
-        with bus, engine:
-            EngineService(bus, engine, max_records=settings.batch_size).run(stop)
+        # Models first (a default one is trained here), so a bad model file fails fast.
+        engine = build_engine(settings, twins)
+        with engine:
+            log.info(
+                "engine: live model %s, twin model %s",
+                engine.live.model_version,
+                engine.simulation.model_version,
+            )
+            with open_bus(settings.bus_url) as bus:
+                bus.ensure_topics(ALL_TOPICS)
+                EngineService(bus, engine, max_records=settings.batch_size).run(stop)
     finally:
         twins.close()
 
