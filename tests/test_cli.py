@@ -18,6 +18,9 @@ import pytest
 from click.testing import CliRunner
 
 from corepay.cli import main
+from corepay.errors import BackendTimeoutError
+from corepay.gateway import HttpGateway, SimulatedGateway
+from corepay.wire import parse_transaction
 
 CORE_KEYS = {
     "transactions",
@@ -209,3 +212,32 @@ def test_serve_twin_answers_404_for_an_unknown_customer() -> None:
         assert status == 404 and "cust-nobody" in body["message"]
     finally:
         assert _stop(proc) == 0
+
+
+@pytest.mark.slow
+def test_serve_gateway_answers_as_the_simulated_gateway_it_serves() -> None:
+    port = _free_port()
+    proc = _start("gateway", port, "--gateway", "simulated://?seed=7&outage_rate=0")
+    txns = [
+        parse_transaction({**VALID, "transaction_id": f"tx-gw-{i}", "amount": f"{20 * i + 5}.00"})
+        for i in range(150)
+    ]
+    try:
+        with HttpGateway(f"http://127.0.0.1:{port}", timeout=5.0) as gateway:
+            over_http = [gateway.authorize(t) for t in txns]
+    finally:
+        assert _stop(proc) == 0
+    local = SimulatedGateway(7, outage_rate=0.0)
+    expected = []
+    for txn in txns:
+        try:
+            expected.append(local.authorize(txn).code)
+        except BackendTimeoutError:
+            expected.append("timeout")
+    assert [a.code for a in over_http] == expected
+    assert {"APPROVED"} < set(expected)  # some declines among them
+
+
+def test_serve_gateway_refuses_to_serve_anything_but_a_simulated_one() -> None:
+    result = CliRunner().invoke(main, ["serve", "gateway", "--gateway", "http://127.0.0.1:1"])
+    assert result.exit_code == 1 and "serves a simulated gateway" in result.output

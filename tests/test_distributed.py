@@ -22,7 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from corepay import TrafficGenerator
+from corepay import (
+    Decision,
+    LivePath,
+    MemoryTwinStore,
+    SimulatedGateway,
+    SimulationPath,
+    StoreTwinClient,
+    TrafficGenerator,
+    parse_transaction,
+)
 from corepay.backends.kafka import KafkaBus
 from corepay.bus import DIVERGENCE_ALERT, LIVE_OUTCOME, SIMULATION_OUTCOME
 
@@ -220,26 +229,39 @@ def _kcat(*args: str, data: bytes | None = None) -> str:
     return result.stdout.decode()
 
 
+def _diverging_payment() -> dict:
+    paths = (LivePath(SimulatedGateway(0)), SimulationPath(StoreTwinClient(MemoryTwinStore())))
+    run = uuid.uuid4().hex[:12]
+    for i in range(5000):
+        payment = {
+            "transaction_id": f"tx-kcat-{run}-{i}",
+            "customer_id": f"cust-kcat-{run}-{i}",
+            "amount": "900.00",
+            "currency": "EUR",
+            "merchant_id": "m-de-electronics-1",
+            "merchant_category": "5732",
+            "country": "DE",
+            "channel": "pos",
+            "timestamp": "2026-11-24T15:10:00+01:00",
+        }
+        txn = parse_transaction(payment)
+        live, simulation = (p.decide_batch([txn], [None])[0] for p in paths)
+        if (live.decision, simulation.decision) == (Decision.DECLINE, Decision.APPROVE):
+            return payment
+    raise AssertionError("no payment the gateway declines and the models approve")
+
+
 def test_a_kafka_client_corepay_did_not_write_can_feed_it_and_read_its_verdicts(
     services: Services,
 ) -> None:
     deadline = time.monotonic() + 120
     services.start_pipeline(ingestion=False)
 
-    # A risky payment from a customer with no history: the live risk model declines it, the
-    # customer's (empty) twin has nothing against it, so the paths must diverge.
-    tid = f"tx-kcat-{uuid.uuid4().hex[:12]}"
-    payment = {
-        "transaction_id": tid,
-        "customer_id": f"cust-kcat-{uuid.uuid4().hex[:8]}",
-        "amount": "2500.00",
-        "currency": "EUR",
-        "merchant_id": "m-casino-1",
-        "merchant_category": "7995",
-        "country": "BR",
-        "channel": "ecommerce",
-        "timestamp": "2026-11-24T03:10:00+01:00",
-    }
+    # A payment the two paths decide differently: the one the issuer declines at the gateway
+    # while both models see no risk in it, found by asking the same paths the engine runs
+    # (default models, gateway seed 0) in this process.
+    payment = _diverging_payment()
+    tid = payment["transaction_id"]
     line = f"{payment['customer_id']}|{json.dumps(payment)}\n".encode()
     _kcat("-P", "-t", "raw_transactions", "-K", "|", data=line)
 
@@ -258,9 +280,10 @@ def test_a_kafka_client_corepay_did_not_write_can_feed_it_and_read_its_verdicts(
         time.sleep(1.0)
     [live], [simulation] = read("live_outcome"), read("simulation_outcome")
     assert (live["decision"], simulation["decision"]) == ("DECLINE", "APPROVE"), services.tail()
+    assert "GATEWAY_DECLINED" in live["reasons"]
     [alert] = read("divergence_alert")
     assert alert["kind"] == "DECISION_MISMATCH"
-    assert alert["live"]["transaction"]["amount"] == "2500.00"
+    assert alert["live"]["transaction"]["amount"] == payment["amount"]
 
 
 def _traffic(count: int, customers: int) -> list[dict]:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import attrs
 import pytest
 from werkzeug.serving import make_server
 
@@ -21,8 +25,10 @@ from corepay import (
     TrafficGenerator,
     parse_transaction,
 )
+from corepay.divergence import DivergenceDetector, classify
 from corepay.errors import BackendTimeoutError, UnavailableError
-from corepay.models import Outcome, Path, Transaction, Twin
+from corepay.gateway import HttpGateway
+from corepay.models import AlertKind, Outcome, Path, Timings, Transaction, Twin
 from corepay.paths import DecisionPath
 from corepay.services.twin import update_twin
 from corepay.services.twin_api import create_twin_app
@@ -130,3 +136,114 @@ def test_http_twin_client_reports_an_unreachable_service_as_unavailable() -> Non
     client = HttpTwinClient("http://127.0.0.1:9", timeout=1.0)
     with pytest.raises(UnavailableError, match="unreachable"):
         client.get_many(["cust-1"])
+
+
+def _same_customer(n: int) -> list[Transaction]:
+    txns = _txns(400, customers=3)
+    customer = txns[0].customer_id
+    return [t for t in txns if t.customer_id == customer][:n]
+
+
+def test_the_simulation_path_stamps_how_far_behind_the_twin_it_read_was() -> None:
+    store = MemoryTwinStore()
+    path = SimulationPath(StoreTwinClient(store))
+    first, second, third, fourth = _same_customer(4)
+    # A burst in one batch: the twin (none yet) shows none of the earlier payments.
+    outcomes = path.decide_batch([first, second, third], [None] * 3)
+    assert [o.twin_lag for o in outcomes] == [0, 1, 2]
+    assert {o.twin_version for o in outcomes} == {0}
+    # The twin service applies the first two; the third, redelivered, and the fourth see a
+    # twin one payment behind (the third was decided but is not in the twin yet).
+    live = [_approved(t) for t in (first, second)]
+    update_twin(store, first.customer_id, live)
+    again = path.decide_batch([third, fourth], [None] * 2)
+    assert [o.twin_lag for o in again] == [0, 1]
+    assert {o.twin_version for o in again} == {1}
+    # Once the twin has caught up, nothing is missing.
+    update_twin(store, first.customer_id, [_approved(third), _approved(fourth)])
+    caught_up = path.decide_batch([fourth], [None])
+    assert caught_up[0].twin_lag == 0
+
+
+def _approved(txn: Transaction) -> Outcome:
+    return Outcome(
+        transaction=txn,
+        path=Path.LIVE,
+        decision=Decision.APPROVE,
+        score=0.0,
+        reasons=(),
+        model_version="test",
+        timings=Timings(decided_at=txn.timestamp, elapsed_ms=0.0),
+    )
+
+
+def test_a_disagreement_on_a_stale_twin_is_told_apart() -> None:
+    txn = _same_customer(1)[0]
+    live = _approved(txn)
+    fresh = attrs.evolve(live, path=Path.SIMULATION, decision=Decision.DECLINE, twin_lag=0)
+    stale = attrs.evolve(fresh, twin_lag=2, twin_version=7)
+    assert classify(live, fresh) is AlertKind.DECISION_MISMATCH
+    assert classify(live, stale) is AlertKind.STALE_TWIN
+    assert classify(live, attrs.evolve(stale, decision=Decision.APPROVE)) is None
+    assert classify(attrs.evolve(live, error="GATEWAY_TIMEOUT"), stale) is AlertKind.PATH_ERROR
+    detector = DivergenceDetector()
+    alerts = [p.alert for p in [*detector.observe(live, 0.0), *detector.observe(stale, 0.0)]]
+    assert alerts[0] is not None and alerts[0].kind is AlertKind.STALE_TWIN
+    assert "twin version 7 missed 2 earlier payments" in alerts[0].detail
+
+
+class _SlowGateway(BaseHTTPRequestHandler):
+    """A gateway that answers some payments late (ids ending in an even digit)."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if body["transaction_id"][-1] in "02468":
+            time.sleep(0.6)
+        payload = json.dumps({"approved": True, "code": "APPROVED"}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            pass  # the client gave up waiting: that is the point
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.timeout(30)
+def test_gateway_timeouts_become_live_outcomes_with_a_reason_never_lost() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowGateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    gateway = HttpGateway(
+        f"http://127.0.0.1:{server.server_port}", timeout=0.2, retries=0, failure_threshold=1000
+    )
+    txns = _txns(60)
+    try:
+        with Engine(
+            LivePath(gateway, gateway_workers=8), SimulationPath(_DownTwins(UnavailableError("x")))
+        ) as engine:
+            started = time.monotonic()
+            live, _ = engine.decide(txns)
+            elapsed = time.monotonic() - started
+    finally:
+        gateway.close()
+        server.shutdown()
+        thread.join(5)
+        server.server_close()
+    assert [o.transaction_id for o in live] == [t.transaction_id for t in txns]
+    slow = {t.transaction_id for t in txns if t.transaction_id[-1] in "02468"}
+    for o in live:
+        if o.transaction_id in slow and o.reasons[:1] != ("GATEWAY_TIMEOUT",):
+            # Only payments the policy sent to the gateway can time out.
+            assert o.decision is not Decision.APPROVE and "GATEWAY_TIMEOUT" not in o.reasons
+        elif o.transaction_id in slow:
+            assert (o.decision, o.error) == (Decision.REVIEW, "GATEWAY_TIMEOUT")
+        else:
+            assert o.error is None
+    assert sum(o.error == "GATEWAY_TIMEOUT" for o in live) >= len(slow) // 2
+    # Authorized concurrently: 30 timeouts of 0.2 s each take far less than 6 s in a row.
+    assert elapsed < 4.0

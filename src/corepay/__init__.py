@@ -38,7 +38,15 @@ from corepay.errors import (
     UnavailableError,
     ValidationError,
 )
-from corepay.gateway import GatewayResponse, PaymentGateway, SimulatedGateway
+from corepay.features import FEATURES, TRANSACTION_FEATURES, TWIN_FEATURES, feature_matrix
+from corepay.gateway import (
+    CircuitBreaker,
+    GatewayResponse,
+    HttpGateway,
+    PaymentGateway,
+    SimulatedGateway,
+    open_gateway,
+)
 from corepay.ingest import Accepted, Ingestor
 from corepay.models import (
     AlertKind,
@@ -53,9 +61,12 @@ from corepay.models import (
 )
 from corepay.paths import LivePath, SimulationPath
 from corepay.pipeline import Pipeline
+from corepay.riskmodel import LogisticRegression, ModelMetadata, RiskModel, load_model, save_model
+from corepay.scoring import DecisionPolicy, Thresholds
 from corepay.settings import Settings
 from corepay.store import TwinStore
-from corepay.traffic import TrafficGenerator
+from corepay.traffic import Label, TrafficGenerator
+from corepay.training import TrainingConfig, default_model, train
 from corepay.twin import TwinPolicy, apply_outcome, apply_outcomes
 from corepay.twin_client import HttpTwinClient, StoreTwinClient, TwinClient
 from corepay.wire import (
@@ -74,20 +85,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DIVERGENCE_ALERT",
+    "FEATURES",
     "LIVE_OUTCOME",
     "RAW_TRANSACTIONS",
     "SIMULATION_OUTCOME",
+    "TRANSACTION_FEATURES",
+    "TWIN_FEATURES",
     "Accepted",
     "AlertKind",
     "BackendError",
     "BackendTimeoutError",
     "Bus",
+    "CircuitBreaker",
     "CommitFailedError",
     "ConfigurationError",
     "ConflictError",
     "Consumer",
     "CorepayError",
     "Decision",
+    "DecisionPolicy",
     "DecodeError",
     "Delivery",
     "DivergenceAlert",
@@ -96,12 +112,16 @@ __all__ = [
     "FieldError",
     "GatewayResponse",
     "HistoryEntry",
+    "HttpGateway",
     "HttpTwinClient",
     "Ingestor",
+    "Label",
     "LivePath",
+    "LogisticRegression",
     "MemoryBus",
     "MemoryTwinStore",
     "Message",
+    "ModelMetadata",
     "NotFoundError",
     "Outcome",
     "Pairing",
@@ -109,13 +129,16 @@ __all__ = [
     "PaymentGateway",
     "Pipeline",
     "Record",
+    "RiskModel",
     "Settings",
     "SimulatedGateway",
     "SimulationPath",
     "StoreTwinClient",
+    "Thresholds",
     "Timings",
     "TopicPartition",
     "TrafficGenerator",
+    "TrainingConfig",
     "Transaction",
     "Twin",
     "TwinClient",
@@ -129,11 +152,17 @@ __all__ = [
     "decode_outcome",
     "decode_transaction",
     "decode_twin",
+    "default_model",
     "encode_alert",
     "encode_outcome",
     "encode_transaction",
     "encode_twin",
+    "feature_matrix",
+    "load_model",
     "open_bus",
+    "open_gateway",
     "open_store",
     "parse_transaction",
+    "save_model",
+    "train",
 ]

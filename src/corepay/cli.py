@@ -164,6 +164,8 @@ def _render(s: dict[str, Any]) -> str:
     lines = [
         "",
         f"CorePay demo  seed {s['seed']}, {s['customers']:,} customers",
+        f"  models                live {s['models']['live']}, "
+        f"simulation {s['models']['simulation']}",
         f"  transactions accepted {n:>9,}",
         f"  requests rejected     {s['rejected']:>9,}  (malformed on purpose: "
         + (", ".join(f"{k} {v}" for k, v in s["rejected_by_field"].items()) or "none")
@@ -194,7 +196,9 @@ def _render(s: dict[str, Any]) -> str:
 
 
 @main.command()
-@click.argument("service", type=click.Choice(["ingestion", "engine", "twin", "detector"]))
+@click.argument(
+    "service", type=click.Choice(["ingestion", "engine", "twin", "detector", "gateway"])
+)
 @click.option(
     "--bus", "bus_url", help="Bus URL (env COREPAY_BUS_URL), e.g. kafka://127.0.0.1:9092."
 )
@@ -204,7 +208,7 @@ def _render(s: dict[str, Any]) -> str:
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
-    help="Port to listen on (env COREPAY_PORT) [ingestion 8080, twin 8081].",
+    help="Port to listen on (env COREPAY_PORT) [ingestion 8080, twin 8081, gateway 8082].",
 )
 @click.option(
     "--log-level",
@@ -215,7 +219,8 @@ def _render(s: dict[str, Any]) -> str:
     "--gateway",
     "gateway_url",
     help="Engine: the payment gateway (env COREPAY_GATEWAY_URL): simulated://?seed=N "
-    "or the http(s):// URL of a gateway [default: simulated].",
+    "or the http(s):// URL of a gateway [default: simulated]. Gateway service: the "
+    "simulated gateway to serve [default: simulated://?seed=0&realtime=true].",
 )
 @click.option(
     "--live-model",
@@ -228,7 +233,11 @@ def _render(s: dict[str, Any]) -> str:
     help="Engine: model file for the simulation path (env COREPAY_TWIN_MODEL).",
 )
 def serve(service: str, **options: Any) -> None:
-    """Run one service until SIGTERM: ingestion, engine, twin or detector."""
+    """Run one service until SIGTERM: ingestion, engine, twin, detector or gateway.
+
+    gateway serves a simulated payment gateway over HTTP, for an engine started with
+    --gateway http://host:port.
+    """
     from corepay.services.serve import serve as run
 
     settings = Settings.from_env(**options)

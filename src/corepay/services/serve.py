@@ -15,8 +15,10 @@ from corepay.backends import open_bus, open_store
 from corepay.bus import ALL_TOPICS
 from corepay.divergence import DivergenceDetector
 from corepay.errors import ConfigurationError
+from corepay.gateway import open_gateway
 from corepay.services.detector import DetectorService
 from corepay.services.engine import EngineService, build_engine
+from corepay.services.gateway_api import create_gateway_app
 from corepay.services.ingestion import create_app
 from corepay.services.twin import TwinService
 from corepay.services.twin_api import create_twin_app
@@ -28,7 +30,7 @@ __all__ = ["DEFAULT_PORTS", "SERVICES", "serve"]
 log = logging.getLogger("corepay.serve")
 
 #: HTTP port of each service that has an HTTP API, unless ``--port`` says otherwise.
-DEFAULT_PORTS = {"ingestion": 8080, "twin": 8081}
+DEFAULT_PORTS = {"ingestion": 8080, "twin": 8081, "gateway": 8082}
 
 
 def _stop_on_signals() -> threading.Event:
@@ -120,11 +122,24 @@ def _detector(settings: Settings, stop: threading.Event) -> None:
         DetectorService(bus, detector, max_records=settings.batch_size).run(stop)
 
 
+def _gateway(settings: Settings, stop: threading.Event) -> None:
+    """A simulated payment gateway over HTTP: a real endpoint for the live path's client."""
+    url = settings.gateway_url or f"simulated://?seed={settings.gateway_seed}&realtime=true"
+    if not url.startswith("simulated://"):
+        raise ConfigurationError(
+            "the gateway service serves a simulated gateway: give --gateway simulated://?... "
+            "(options seed, timeout_ms, median_latency_ms, outage_rate, realtime)"
+        )
+    app = create_gateway_app(open_gateway(url))
+    _serve_http(app, settings.host, settings.port or DEFAULT_PORTS["gateway"], stop)
+
+
 SERVICES: dict[str, Callable[[Settings, threading.Event], None]] = {
     "ingestion": _ingestion,
     "engine": _engine,
     "twin": _twin,
     "detector": _detector,
+    "gateway": _gateway,
 }
 
 
