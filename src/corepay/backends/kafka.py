@@ -62,6 +62,52 @@ __all__ = ["KafkaBus", "KafkaConsumerMember"]
 
 log = logging.getLogger(__name__)
 
+
+def _keep_joins_that_finish_between_polls() -> bool:
+    """Work around kafka-python 3.0.x dropping a group join that completed between two polls.
+
+    kafka-python runs the JoinGroup/SyncGroup round trip as a task on its IO thread. When
+    ``poll(timeout)`` returns before the task is done, the task goes on; but if it is done by
+    the next ``poll``, ``BaseCoordinator.join_group_async`` starts a new JoinGroup instead of
+    taking the finished one's assignment. The member then never applies its assignment, and
+    when it leads the group every new JoinGroup restarts the rebalance: the group can churn
+    for as long as its members pause between polls (seen in our contract suite: a two-member
+    group that had not settled after 30 s, one member still holding every partition).
+
+    The patch hands a join that finished successfully back to the original method as a
+    future that resolves on the IO loop, so the method awaits it like one still in flight and
+    completes the join with it. Applied only where the installed kafka-python has that code.
+    """
+    try:
+        import inspect
+
+        from kafka.coordinator.base import BaseCoordinator
+    except ImportError:
+        return False
+    original = getattr(BaseCoordinator, "join_group_async", None)
+    if original is None or getattr(original, "_corepay_patched", False):
+        return False
+    try:
+        source = inspect.getsource(original)
+    except (OSError, TypeError):
+        return False
+    if "self._join_task is None or self._join_task.is_done" not in source:
+        return False
+
+    async def join_group_async(self: Any, timeout_ms: int | None = None) -> Any:
+        finished = self._join_task
+        if finished is not None and finished.succeeded():
+            value = finished.value
+            self._join_task = self._manager.call_soon(lambda: value)
+        return await original(self, timeout_ms)
+
+    join_group_async._corepay_patched = True  # type: ignore[attr-defined]
+    BaseCoordinator.join_group_async = join_group_async
+    return True
+
+
+_keep_joins_that_finish_between_polls()
+
 _INT_OPTIONS = {
     "partitions": 4,
     "replication_factor": 1,
