@@ -186,6 +186,13 @@ def test_a_disagreement_on_a_stale_twin_is_told_apart() -> None:
     assert classify(live, stale) is AlertKind.STALE_TWIN
     assert classify(live, attrs.evolve(stale, decision=Decision.APPROVE)) is None
     assert classify(attrs.evolve(live, error="GATEWAY_TIMEOUT"), stale) is AlertKind.PATH_ERROR
+    # The issuer declined: a fresher twin would not have known that either.
+    issuer = attrs.evolve(
+        live, decision=Decision.DECLINE, reasons=("GATEWAY_DECLINED", "GATEWAY_DO_NOT_HONOR")
+    )
+    assert classify(issuer, attrs.evolve(stale, decision=Decision.APPROVE)) is (
+        AlertKind.DECISION_MISMATCH
+    )
     detector = DivergenceDetector()
     alerts = [p.alert for p in [*detector.observe(live, 0.0), *detector.observe(stale, 0.0)]]
     assert alerts[0] is not None and alerts[0].kind is AlertKind.STALE_TWIN
