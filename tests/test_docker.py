@@ -57,12 +57,16 @@ def test_compose_runs_the_whole_platform(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert {"kafka", "couchbase", "couchbase-init"} <= set(services)
     commands = {s["command"][1] for s in _corepay_services(compose).values()}
-    assert commands == {"ingestion", "engine", "twin", "detector"}
+    assert commands == {"ingestion", "engine", "twin", "detector", "gateway"}
     for name, service in services.items():
         if name != "couchbase-init":
             assert "healthcheck" in service, f"{name} has no healthcheck"
             assert service.get("restart") == "unless-stopped", name
     assert "8080:8080" in services["ingestion"]["ports"]
+    # The engine authorizes through the gateway service, and waits for it to be healthy.
+    engine = services["engine"]
+    assert engine["command"][engine["command"].index("--gateway") + 1] == "http://gateway:8082"
+    assert engine["depends_on"]["gateway"]["condition"] == "service_healthy"
     init = services["couchbase-init"]["command"][0]
     for step in ("cluster-init", "bucket-create", "--create-scope", "--create-collection"):
         assert step in init
