@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from corepay.cli import main
 from corepay.errors import BackendTimeoutError
-from corepay.gateway import HttpGateway, SimulatedGateway
+from corepay.gateway import SimulatedGateway
+from corepay.http_gateway import HttpGateway
 from corepay.wire import parse_transaction
 
 CORE_KEYS = {

@@ -24,15 +24,8 @@ from corepay.errors import (
     RejectedError,
     UnavailableError,
 )
-from corepay.gateway import (
-    CircuitBreaker,
-    CircuitState,
-    GatewayResponse,
-    HttpGateway,
-    PaymentGateway,
-    SimulatedGateway,
-    open_gateway,
-)
+from corepay.gateway import GatewayResponse, PaymentGateway, SimulatedGateway, open_gateway
+from corepay.http_gateway import CircuitBreaker, CircuitState, HttpGateway
 from corepay.models import Transaction
 from corepay.services.gateway_api import create_gateway_app
 from corepay.wire import parse_transaction

@@ -39,14 +39,8 @@ from corepay.errors import (
     ValidationError,
 )
 from corepay.features import FEATURES, TRANSACTION_FEATURES, TWIN_FEATURES, feature_matrix
-from corepay.gateway import (
-    CircuitBreaker,
-    GatewayResponse,
-    HttpGateway,
-    PaymentGateway,
-    SimulatedGateway,
-    open_gateway,
-)
+from corepay.gateway import GatewayResponse, PaymentGateway, SimulatedGateway, open_gateway
+from corepay.http_gateway import CircuitBreaker, HttpGateway
 from corepay.ingest import Accepted, Ingestor
 from corepay.models import (
     AlertKind,

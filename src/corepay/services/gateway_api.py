@@ -1,4 +1,4 @@
-"""A payment gateway served over HTTP, in the protocol :class:`~corepay.gateway.HttpGateway` speaks.
+"""A payment gateway served over HTTP, as :class:`~corepay.http_gateway.HttpGateway` calls one.
 
 - ``POST /v1/authorizations``: a wire-format transaction; answers 200
   ``{"approved": bool, "code": str, "latency_ms": float}``. With an ``Idempotency-Key`` header,
