@@ -128,10 +128,16 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _request(url: str, body: bytes | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json"} if body else {}
-    )
+API_KEY = "test-key-0123456789abcdef"
+TWIN_TOKEN = "test-twin-token-0123456789"
+SECRETS = {"COREPAY_API_KEYS": API_KEY, "COREPAY_TWIN_TOKEN": TWIN_TOKEN}
+
+
+def _request(url: str, body: bytes | None = None, key: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": "application/json"} if body else {}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    req = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=5) as response:
             return response.status, json.loads(response.read())
@@ -139,8 +145,15 @@ def _request(url: str, body: bytes | None = None) -> tuple[int, dict]:
         return exc.code, json.loads(exc.read())
 
 
-def _start(service: str, port: int, *args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "COREPAY_BUS_URL": "memory://", "COREPAY_PORT": str(port)}
+def _start(
+    service: str, port: int, *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "COREPAY_BUS_URL": "memory://",
+        "COREPAY_PORT": str(port),
+        **(SECRETS if env is None else env),
+    }
     with tempfile.NamedTemporaryFile(
         prefix=f"corepay-{service}-", suffix=".log", delete=False
     ) as log:  # the child keeps its own descriptor after this closes
@@ -191,15 +204,13 @@ def test_serve_ingestion_runs_as_a_process_and_stops_cleanly_on_sigterm() -> Non
     port = _free_port()
     proc = _start("ingestion", port)
     try:
-        status, body = _request(
-            f"http://127.0.0.1:{port}/v1/transactions", json.dumps(VALID).encode()
-        )
+        url = f"http://127.0.0.1:{port}/v1/transactions"
+        status, body = _request(url, json.dumps(VALID).encode(), key=API_KEY)
         assert (status, body["transaction_id"]) == (202, "tx-cli-1")
-        status, body = _request(
-            f"http://127.0.0.1:{port}/v1/transactions",
-            json.dumps({**VALID, "currency": "euro"}).encode(),
-        )
+        status, body = _request(url, json.dumps({**VALID, "currency": "euro"}).encode(), API_KEY)
         assert status == 400 and body["fields"][0]["field"] == "currency"
+        status, body = _request(url, json.dumps(VALID).encode(), key="not-the-key-at-all")
+        assert status == 401 and API_KEY not in json.dumps(body)
     finally:
         assert _stop(proc) == 0
 
@@ -209,8 +220,10 @@ def test_serve_twin_answers_404_for_an_unknown_customer() -> None:
     port = _free_port()
     proc = _start("twin", port, "--store", "memory://")
     try:
-        status, body = _request(f"http://127.0.0.1:{port}/v1/twins/cust-nobody")
+        url = f"http://127.0.0.1:{port}/v1/twins/cust-nobody"
+        status, body = _request(url, key=TWIN_TOKEN)
         assert status == 404 and "cust-nobody" in body["message"]
+        assert _request(url)[0] == 401
     finally:
         assert _stop(proc) == 0
 
@@ -242,3 +255,28 @@ def test_serve_gateway_answers_as_the_simulated_gateway_it_serves() -> None:
 def test_serve_gateway_refuses_to_serve_anything_but_a_simulated_one() -> None:
     result = CliRunner().invoke(main, ["serve", "gateway", "--gateway", "http://127.0.0.1:1"])
     assert result.exit_code == 1 and "serves a simulated gateway" in result.output
+
+
+@pytest.mark.parametrize(
+    ("service", "variable"),
+    [("ingestion", "COREPAY_API_KEYS"), ("twin", "COREPAY_TWIN_TOKEN")],
+)
+def test_a_service_refuses_to_start_without_its_secret_unless_told_insecure(
+    service: str, variable: str
+) -> None:
+    env = {k: v for k, v in SECRETS.items() if k != variable}
+    with pytest.MonkeyPatch.context() as mp:
+        for name in SECRETS:
+            mp.delenv(name, raising=False)
+        result = CliRunner().invoke(main, ["serve", service], env=env)
+    assert result.exit_code == 1
+    assert variable in result.output and "--insecure" in result.output
+
+
+def test_short_api_keys_are_refused_without_showing_them() -> None:
+    result = CliRunner().invoke(
+        main, ["serve", "ingestion"], env={"COREPAY_API_KEYS": f"{API_KEY},short-key-9"}
+    )
+    assert result.exit_code == 1
+    assert "entry 2 is shorter than 16 characters" in result.output
+    assert "short-key-9" not in result.output and API_KEY not in result.output

@@ -57,10 +57,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+API_KEY = f"distributed-{uuid.uuid4().hex}"
+TWIN_TOKEN = f"twin-{uuid.uuid4().hex}"
+
+
 def _get(url: str, body: bytes | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        url, data=body, headers={"Content-Type": "application/json"} if body else {}
-    )
+    """GET (or POST ``body``) with the key the URL's service wants."""
+    token = TWIN_TOKEN if "/v1/twins" in url else API_KEY
+    headers = {"Authorization": f"Bearer {token}"}
+    if body:
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url, data=body, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as response:
             return response.status, json.loads(response.read())
@@ -78,7 +85,13 @@ class Services:
         self.ingestion_port = _free_port()
 
     def start(self, name: str, service: str, *args: str) -> None:
-        env = {**os.environ, "COREPAY_BUS_URL": BUS_URL, "COREPAY_LOG_LEVEL": "INFO"}
+        env = {
+            **os.environ,
+            "COREPAY_BUS_URL": BUS_URL,
+            "COREPAY_LOG_LEVEL": "INFO",
+            "COREPAY_API_KEYS": API_KEY,
+            "COREPAY_TWIN_TOKEN": TWIN_TOKEN,
+        }
         with (self.logs / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "corepay", "serve", service, *args],

@@ -117,7 +117,8 @@ def test_generate_needs_somewhere_to_put_the_payments() -> None:
 @pytest.fixture
 def ingestion() -> Iterator[tuple[str, MemoryBus]]:
     bus = MemoryBus()
-    server = make_server("127.0.0.1", 0, create_app(Settings(), bus=bus), threaded=True)
+    app = create_app(Settings(api_keys="generate-test-key-0123"), bus=bus)
+    server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -132,7 +133,21 @@ def test_generate_sends_every_payment_through_the_ingestion_api(
     ingestion: tuple[str, MemoryBus], tmp_path: Path
 ) -> None:
     url, bus = ingestion
-    _run("generate", "-n", "250", "-s", "4", "--to", url, "--out", str(tmp_path / "p.jsonl"))
+    refused = CliRunner().invoke(main, ["generate", "-n", "5", "--to", url])
+    assert refused.exit_code == 1 and "refused the API key (401)" in refused.output
+    _run(
+        "generate",
+        "-n",
+        "250",
+        "-s",
+        "4",
+        "--to",
+        url,
+        "--out",
+        str(tmp_path / "p.jsonl"),
+        "--api-key",
+        "generate-test-key-0123",
+    )
     sent = [
         json.loads(x)["transaction_id"] for x in (tmp_path / "p.jsonl").read_text().splitlines()
     ]

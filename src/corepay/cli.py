@@ -216,6 +216,25 @@ def _render(s: dict[str, Any]) -> str:
     help="Log level (env COREPAY_LOG_LEVEL) [default: INFO].",
 )
 @click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Run without COREPAY_API_KEYS (ingestion) or COREPAY_TWIN_TOKEN (engine, twin): "
+    "only on a trusted machine (env COREPAY_INSECURE).",
+)
+@click.option(
+    "--workers",
+    "web_workers",
+    type=click.IntRange(min=1),
+    help="Ingestion: gunicorn worker processes (env COREPAY_WEB_WORKERS) [default: 1].",
+)
+@click.option(
+    "--threads",
+    "web_threads",
+    type=click.IntRange(min=1),
+    help="Ingestion: threads per worker (env COREPAY_WEB_THREADS) [default: 8].",
+)
+@click.option(
     "--gateway",
     "gateway_url",
     help="Engine: the payment gateway (env COREPAY_GATEWAY_URL): simulated://?seed=N "
@@ -388,6 +407,11 @@ def train(
     help="Also send them: http(s)://host:port (the ingestion API) or a bus URL "
     "such as kafka://127.0.0.1:9092.",
 )
+@click.option(
+    "--api-key",
+    envvar="COREPAY_API_KEY",
+    help="API key for --to http(s)://... (env COREPAY_API_KEY).",
+)
 def generate(
     count: int,
     customers: int,
@@ -395,6 +419,7 @@ def generate(
     out: Path | None,
     labels: Path | None,
     target: str | None,
+    api_key: str | None,
 ) -> None:
     """Generate a synthetic payments world with labelled fraud.
 
@@ -413,5 +438,28 @@ def generate(
             labels=labels,
             target=target,
             progress=progress,
+            api_key=api_key,
         )
     click.echo(report, err=True)
+
+
+@main.command("hash-key")
+@click.argument("key", required=False)
+def hash_key_command(key: str | None) -> None:
+    """Print the hashed form of an API key or token (sha256:<hex>) for configuration.
+
+    Reads the key from standard input when not given, so it stays out of shell history.
+    Without any key, makes a new random one and prints it, then its hashed form.
+    """
+    import secrets
+
+    from corepay.auth import MIN_KEY_LENGTH, hash_key
+
+    if key is None and not sys.stdin.isatty():
+        key = sys.stdin.readline().strip() or None
+    if key is None:
+        key = secrets.token_urlsafe(32)
+        click.echo(key)
+    elif len(key) < MIN_KEY_LENGTH:
+        raise click.BadParameter(f"a key has at least {MIN_KEY_LENGTH} characters")
+    click.echo(hash_key(key))

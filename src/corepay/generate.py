@@ -35,7 +35,9 @@ class HttpSender:
     connection is retried a few times and then stops the run with :class:`UnavailableError`.
     """
 
-    def __init__(self, url: str, *, timeout: float = 10.0, attempts: int = 4) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 10.0, attempts: int = 4, api_key: str | None = None
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(f"ingestion URL must be http(s)://host:port, not {url!r}")
@@ -46,13 +48,16 @@ class HttpSender:
         )
         self._connection = factory(parts.hostname, parts.port, timeout=timeout)
         self.attempts = attempts
+        self._headers = {"Content-Type": "application/json"}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
         self.sent = 0
         self.rejected = 0
         self.first_rejection: str | None = None
 
     def send(self, request: dict[str, Any]) -> None:
         body = json.dumps(request).encode()
-        headers = {"Content-Type": "application/json"}
+        headers = self._headers
         for attempt in range(1, self.attempts + 1):
             try:
                 self._connection.request("POST", self._path, body, headers)
@@ -65,6 +70,11 @@ class HttpSender:
                 if response.status == 202:
                     self.sent += 1
                     return
+                if response.status == 401:
+                    raise ConfigurationError(
+                        f"ingestion API at {self.url} refused the API key (401): give a key "
+                        "from its COREPAY_API_KEYS with --api-key or COREPAY_API_KEY"
+                    )
                 if 400 <= response.status < 500:
                     self.rejected += 1
                     if self.first_rejection is None:
@@ -114,6 +124,7 @@ def generate(
     labels: str | Path | None = None,
     target: str | None = None,
     progress: Callable[[int], None] | None = None,
+    api_key: str | None = None,
 ) -> str:
     """Generate ``count`` labelled payments; write and send them. Returns a one-line report.
 
@@ -127,7 +138,7 @@ def generate(
     bus: Bus | None = None
     if target is not None:
         if urlsplit(target).scheme in ("http", "https"):
-            sender = HttpSender(target)
+            sender = HttpSender(target, api_key=api_key)
         else:
             bus = open_bus(target)
             bus.ensure_topics(ALL_TOPICS)

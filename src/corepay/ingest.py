@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 
-from corepay.bus import RAW_TRANSACTIONS, Bus, Delivery
+from corepay.bus import RAW_TRANSACTIONS, Bus, Delivery, Record
 from corepay.models import Transaction
 from corepay.wire import encode_transaction, parse_transaction
 
@@ -45,6 +45,20 @@ class Ingestor:
             UnavailableError, BackendTimeoutError: the bus did not take it.
         """
         return self.submit_transaction(parse_transaction(payload))
+
+    def submit_transactions(self, txns: Sequence[Transaction]) -> list[Accepted]:
+        """Publish already validated transactions together; returns once the bus took all.
+
+        Raises:
+            UnavailableError, BackendTimeoutError: the bus did not take them all (some may
+                have been taken: retrying with the same transaction ids is safe).
+        """
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        stamp = {INGESTED_AT_HEADER: now.isoformat()}
+        deliveries = self.bus.publish_many(
+            Record(RAW_TRANSACTIONS, t.customer_id, encode_transaction(t), stamp) for t in txns
+        )
+        return [Accepted(t, d, now) for t, d in zip(txns, deliveries, strict=True)]
 
     def submit_transaction(self, txn: Transaction) -> Accepted:
         """Publish an already validated transaction."""

@@ -26,6 +26,16 @@ variable                        setting                        default
 ``COREPAY_TWIN_REVIEW``         ``twin_review`` (threshold)    the twin model's own
 ``COREPAY_TWIN_DECLINE``        ``twin_decline`` (threshold)   the twin model's own
 ``COREPAY_LOG_LEVEL``           ``log_level``                  ``INFO``
+``COREPAY_LOG_FORMAT``          ``log_format``                 ``json`` (or ``text``)
+``COREPAY_API_KEYS``            ``api_keys`` (secret)          (none: ``serve`` refuses)
+``COREPAY_TWIN_TOKEN``          ``twin_token`` (secret)        (none: ``serve`` refuses)
+``COREPAY_INSECURE``            ``insecure``                   ``false``
+``COREPAY_IDEMPOTENCY_WINDOW``  ``idempotency_window`` (s)     ``600``
+``COREPAY_IDEMPOTENCY_MAX``     ``idempotency_max_entries``    ``100000``
+``COREPAY_MAX_BATCH``           ``max_batch``                  ``500``
+``COREPAY_WEB_WORKERS``         ``web_workers``                ``1``
+``COREPAY_WEB_THREADS``         ``web_threads``                ``8``
+``COREPAY_METRICS_PORT``        ``metrics_port``               engine 9101, detector 9102
 ==============================  =============================  ==============================
 """
 
@@ -42,6 +52,28 @@ from corepay.errors import ConfigurationError
 from corepay.scoring import Thresholds
 
 __all__ = ["ENV_VARS", "Settings"]
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
+_boolean.__name__ = "boolean (true or false)"
+
+
+def _one_of(*choices: str) -> Callable[[Any, attrs.Attribute[Any], str], None]:
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+        if value not in choices:
+            raise ConfigurationError(
+                f"{attribute.name} must be one of {', '.join(choices)}, not {value!r}"
+            )
+
+    return check
 
 
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -73,6 +105,16 @@ class Settings:
     twin_review: float | None = None
     twin_decline: float | None = None
     log_level: str = "INFO"
+    log_format: str = attrs.field(default="json", validator=_one_of("json", "text"))
+    api_keys: str | None = attrs.field(default=None, repr=False)
+    twin_token: str | None = attrs.field(default=None, repr=False)
+    insecure: bool = False
+    idempotency_window: float = attrs.field(default=600.0, validator=_positive)
+    idempotency_max_entries: int = attrs.field(default=100_000, validator=_positive)
+    max_batch: int = attrs.field(default=500, validator=_positive)
+    web_workers: int = attrs.field(default=1, validator=_positive)
+    web_threads: int = attrs.field(default=8, validator=_positive)
+    metrics_port: int | None = None
 
     def thresholds(self, path: str, model: Thresholds) -> Thresholds:
         """The thresholds of ``path`` (``live`` or ``twin``): those set here, else the model's.
@@ -134,4 +176,14 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "COREPAY_TWIN_REVIEW": ("twin_review", float),
     "COREPAY_TWIN_DECLINE": ("twin_decline", float),
     "COREPAY_LOG_LEVEL": ("log_level", str),
+    "COREPAY_LOG_FORMAT": ("log_format", str),
+    "COREPAY_API_KEYS": ("api_keys", str),
+    "COREPAY_TWIN_TOKEN": ("twin_token", str),
+    "COREPAY_INSECURE": ("insecure", _boolean),
+    "COREPAY_IDEMPOTENCY_WINDOW": ("idempotency_window", float),
+    "COREPAY_IDEMPOTENCY_MAX": ("idempotency_max_entries", int),
+    "COREPAY_MAX_BATCH": ("max_batch", int),
+    "COREPAY_WEB_WORKERS": ("web_workers", int),
+    "COREPAY_WEB_THREADS": ("web_threads", int),
+    "COREPAY_METRICS_PORT": ("metrics_port", int),
 }

@@ -51,7 +51,7 @@ class HttpTwinClient(TwinClient):
     #: Customer ids per request, to keep URLs well under common server limits.
     chunk = 100
 
-    def __init__(self, base_url: str, *, timeout: float = 2.0) -> None:
+    def __init__(self, base_url: str, *, timeout: float = 2.0, token: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(
@@ -59,6 +59,7 @@ class HttpTwinClient(TwinClient):
             )
         self.base_url = base_url.rstrip("/")
         self._parts = parts
+        self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         self.timeout = timeout
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
@@ -82,7 +83,7 @@ class HttpTwinClient(TwinClient):
         for attempt in (1, 2):  # a kept-alive connection the server closed is retried once
             conn = self._connection()
             try:
-                conn.request("GET", self._parts.path.rstrip("/") + path)
+                conn.request("GET", self._parts.path.rstrip("/") + path, headers=self._headers)
                 response = conn.getresponse()
                 body = response.read()
             except TimeoutError as exc:
@@ -97,6 +98,11 @@ class HttpTwinClient(TwinClient):
                         f"twin service at {self.base_url} is unreachable: {exc}"
                     ) from exc
                 continue
+            if response.status == 401:
+                raise UnavailableError(
+                    f"twin service at {self.base_url} refused the engine's token (401): "
+                    "set the same COREPAY_TWIN_TOKEN for both"
+                )
             if response.status != 200:
                 raise UnavailableError(
                     f"twin service at {self.base_url} answered {response.status}: {body[:200]!r}"

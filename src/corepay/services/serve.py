@@ -55,12 +55,36 @@ def _serve_http(app: Flask, host: str, port: int, stop: threading.Event) -> None
     thread.join()
 
 
+def _require(secret: str | None, variable: str, settings: Settings, service: str) -> None:
+    if secret is None and not settings.insecure:
+        raise ConfigurationError(
+            f"the {service} needs {variable} (see the README's Security section); to run "
+            "without it on a trusted machine, say so with --insecure or COREPAY_INSECURE=true"
+        )
+    if secret is None:
+        log.warning("%s runs without %s: anyone who can reach it can use it", service, variable)
+
+
 def _ingestion(settings: Settings, stop: threading.Event) -> None:
-    bus = open_bus(settings.bus_url)
-    bus.ensure_topics(ALL_TOPICS)
-    with bus:
-        app = create_app(settings, bus=bus)
-        _serve_http(app, settings.host, settings.port or DEFAULT_PORTS["ingestion"], stop)
+    from corepay.auth import Credentials
+    from corepay.services.wsgi import serve_wsgi
+
+    _require(settings.api_keys, "COREPAY_API_KEYS", settings, "ingestion service")
+    Credentials.parse(settings.api_keys, what="COREPAY_API_KEYS")  # malformed keys: fail now
+    with open_bus(settings.bus_url) as bus:  # fail fast on a bad bus, before any worker
+        bus.ensure_topics(ALL_TOPICS)
+
+    def close_bus(app: Flask) -> None:
+        app.extensions["corepay.bus"].close()
+
+    serve_wsgi(
+        lambda: create_app(settings),
+        host=settings.host,
+        port=settings.port or DEFAULT_PORTS["ingestion"],
+        workers=settings.web_workers,
+        threads=settings.web_threads,
+        on_exit=close_bus,
+    )
 
 
 def _engine(settings: Settings, stop: threading.Event) -> None:
@@ -69,7 +93,8 @@ def _engine(settings: Settings, stop: threading.Event) -> None:
             "the engine reads twins from the twin service: give --twin-url or COREPAY_TWIN_URL"
             " (for example http://127.0.0.1:8081)"
         )
-    twins = HttpTwinClient(settings.twin_url)
+    _require(settings.twin_token, "COREPAY_TWIN_TOKEN", settings, "engine")
+    twins = HttpTwinClient(settings.twin_url, token=settings.twin_token)
     try:
         # Models first (a default one is trained here), so a bad model file fails fast.
         engine = build_engine(settings, twins)
@@ -87,6 +112,7 @@ def _engine(settings: Settings, stop: threading.Event) -> None:
 
 
 def _twin(settings: Settings, stop: threading.Event) -> None:
+    _require(settings.twin_token, "COREPAY_TWIN_TOKEN", settings, "twin service")
     bus = open_bus(settings.bus_url)
     bus.ensure_topics(ALL_TOPICS)
     store = open_store(
@@ -105,7 +131,10 @@ def _twin(settings: Settings, stop: threading.Event) -> None:
         worker.start()
         try:
             _serve_http(
-                create_twin_app(store), settings.host, settings.port or DEFAULT_PORTS["twin"], stop
+                create_twin_app(store, token=settings.twin_token),
+                settings.host,
+                settings.port or DEFAULT_PORTS["twin"],
+                stop,
             )
         finally:
             stop.set()

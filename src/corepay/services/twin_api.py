@@ -4,20 +4,37 @@ from __future__ import annotations
 
 from flask import Flask, Response, jsonify, request
 
+from corepay.auth import Credentials
 from corepay.store import TwinStore
 from corepay.wire import twin_to_wire
 
 __all__ = ["create_twin_app"]
 
 
-def create_twin_app(store: TwinStore) -> Flask:
+def create_twin_app(store: TwinStore, *, token: str | None = None) -> Flask:
     """The twin service's internal HTTP API.
 
     - ``GET /v1/twins/<customer_id>``: the twin (404 when the customer has none).
     - ``GET /v1/twins?customer_id=a&customer_id=b``: ``{"twins": [...]}`` for those that exist.
     - ``GET /healthz``.
+
+    With ``token``, every ``/v1/`` request must send ``Authorization: Bearer <token>`` (401
+    otherwise); the token may also be given in its hashed form, ``sha256:<hex>``.
     """
     app = Flask("corepay.twin")
+    accepted = None if token is None else Credentials([token], what="COREPAY_TWIN_TOKEN")
+
+    @app.before_request
+    def authenticate() -> tuple[Response, int] | None:
+        if accepted is None or not request.path.startswith("/v1/"):
+            return None
+        if accepted.accepts_header(request.headers.get("Authorization")):
+            return None
+        response = jsonify(
+            {"error": "unauthorized", "message": "send the twin service token as a bearer token"}
+        )
+        response.headers["WWW-Authenticate"] = 'Bearer realm="corepay-twin"'
+        return response, 401
 
     @app.get("/v1/twins/<customer_id>")
     def get_twin(customer_id: str) -> tuple[Response, int]:
