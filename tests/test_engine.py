@@ -152,6 +152,9 @@ def test_the_simulation_path_stamps_how_far_behind_the_twin_it_read_was() -> Non
     outcomes = path.decide_batch([first, second, third], [None] * 3)
     assert [o.twin_lag for o in outcomes] == [0, 1, 2]
     assert {o.twin_version for o in outcomes} == {0}
+    # Only a twin that was behind gets a decision on the fresher twin.
+    assert outcomes[0].fresh_decision is None
+    assert all(o.fresh_decision is not None for o in outcomes[1:])
     # The twin service applies the first two; the third, redelivered, and the fourth see a
     # twin one payment behind (the third was decided but is not in the twin yet).
     live = [_approved(t) for t in (first, second)]
@@ -163,6 +166,13 @@ def test_the_simulation_path_stamps_how_far_behind_the_twin_it_read_was() -> Non
     update_twin(store, first.customer_id, [_approved(third), _approved(fourth)])
     caught_up = path.decide_batch([fourth], [None])
     assert caught_up[0].twin_lag == 0
+    # A payment dated after the rest, or at the same instant, counts like any other.
+    fifth, sixth = (
+        attrs.evolve(fourth, transaction_id=f"{fourth.transaction_id}-{n}", timestamp=at)
+        for n, at in (("later", fourth.timestamp.replace(year=2030)), ("same", fourth.timestamp))
+    )
+    out_of_order = path.decide_batch([fifth, sixth], [None] * 2)
+    assert [o.twin_lag for o in out_of_order] == [0, 1]
 
 
 def _approved(txn: Transaction) -> Outcome:
@@ -181,18 +191,15 @@ def test_a_disagreement_on_a_stale_twin_is_told_apart() -> None:
     txn = _same_customer(1)[0]
     live = _approved(txn)
     fresh = attrs.evolve(live, path=Path.SIMULATION, decision=Decision.DECLINE, twin_lag=0)
-    stale = attrs.evolve(fresh, twin_lag=2, twin_version=7)
+    # Behind by two payments, and with them applied it would have approved, as live did.
+    stale = attrs.evolve(fresh, twin_lag=2, twin_version=7, fresh_decision=Decision.APPROVE)
     assert classify(live, fresh) is AlertKind.DECISION_MISMATCH
     assert classify(live, stale) is AlertKind.STALE_TWIN
     assert classify(live, attrs.evolve(stale, decision=Decision.APPROVE)) is None
     assert classify(attrs.evolve(live, error="GATEWAY_TIMEOUT"), stale) is AlertKind.PATH_ERROR
-    # The issuer declined: a fresher twin would not have known that either.
-    issuer = attrs.evolve(
-        live, decision=Decision.DECLINE, reasons=("GATEWAY_DECLINED", "GATEWAY_DO_NOT_HONOR")
-    )
-    assert classify(issuer, attrs.evolve(stale, decision=Decision.APPROVE)) is (
-        AlertKind.DECISION_MISMATCH
-    )
+    # Behind, but a current twin would have disagreed all the same: not the staleness.
+    behind = attrs.evolve(stale, fresh_decision=Decision.DECLINE)
+    assert classify(live, behind) is AlertKind.DECISION_MISMATCH
     detector = DivergenceDetector()
     alerts = [p.alert for p in [*detector.observe(live, 0.0), *detector.observe(stale, 0.0)]]
     assert alerts[0] is not None and alerts[0].kind is AlertKind.STALE_TWIN
@@ -200,8 +207,10 @@ def test_a_disagreement_on_a_stale_twin_is_told_apart() -> None:
 
 
 class _SlowGateway(BaseHTTPRequestHandler):
-    """A gateway that answers some payments late (ids ending in an even digit)."""
+    """A gateway that never answers some payments (ids ending in an even digit) in time: it
+    holds them until ``release`` is set, after the test."""
 
+    release = threading.Event()
     lock = threading.Lock()
     in_flight = 0
     most_in_flight = 0
@@ -220,7 +229,7 @@ class _SlowGateway(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if body["transaction_id"][-1] in "02468":
-            time.sleep(0.6)
+            self.release.wait(30)
         payload = json.dumps({"approved": True, "code": "APPROVED"}).encode()
         try:
             self.send_response(200)
@@ -241,7 +250,7 @@ def test_gateway_timeouts_become_live_outcomes_with_a_reason_never_lost() -> Non
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     gateway = HttpGateway(
-        f"http://127.0.0.1:{server.server_port}", timeout=0.2, retries=0, failure_threshold=1000
+        f"http://127.0.0.1:{server.server_port}", timeout=1.0, retries=0, failure_threshold=1000
     )
     txns = _txns(60)
     try:
@@ -250,6 +259,7 @@ def test_gateway_timeouts_become_live_outcomes_with_a_reason_never_lost() -> Non
         ) as engine:
             live, _ = engine.decide(txns)
     finally:
+        _SlowGateway.release.set()
         gateway.close()
         server.shutdown()
         thread.join(5)

@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corepay import TrafficGenerator, parse_transaction
+from corepay import MemoryBus, MemoryTwinStore, Pipeline, TrafficGenerator, parse_transaction
+from corepay.bus import SIMULATION_OUTCOME
 from corepay.errors import ConfigurationError
 from corepay.features import (
     FEATURES,
@@ -30,6 +31,7 @@ from corepay.riskmodel import LogisticRegression, ModelMetadata, RiskModel, load
 from corepay.scoring import DecisionPolicy, Thresholds
 from corepay.training import TrainingConfig, build_dataset, default_model, roc_auc, train
 from corepay.twin import apply_outcome
+from corepay.wire import decode_outcome
 from strategies import transactions
 
 
@@ -352,3 +354,52 @@ def test_a_scikit_learn_pipeline_plugs_in(tmp_path: Path, small_world):
 def test_an_estimator_without_predict_proba_is_refused():
     with pytest.raises(ConfigurationError, match="has no predict_proba"):
         RiskModel(object(), ModelMetadata("x", "live", TRANSACTION_FEATURES))  # type: ignore[arg-type]
+
+
+def test_what_training_computes_is_what_the_running_pipeline_computes():
+    # No train/serve skew: replay a world for training, run the same world through the
+    # pipeline (one payment per step, so each twin is current), and the twin model scores
+    # each payment the same from the features training computed for it.
+    world = {"transactions": 1200, "customers": 40, "seed": 21}
+    live = train(TrainingConfig(path="live", **world), build_dataset(**world))
+    dataset = build_dataset(**world, live=live)
+    twin_model = train(TrainingConfig(path="simulation", **world), dataset)
+    requests = [
+        r for r, _ in TrafficGenerator(customers=40, seed=21).labelled(world["transactions"])
+    ]
+    with Pipeline(
+        MemoryBus(),
+        MemoryTwinStore(),
+        seed=21,
+        batch_size=1,
+        live_model=live,
+        twin_model=twin_model,
+    ) as pipeline:
+        for request in requests:
+            pipeline.submit(request)
+            pipeline.drain()
+        bus = pipeline.bus
+    served = {
+        decode_outcome(m.value).transaction_id: decode_outcome(m.value).score
+        for m in bus.messages(SIMULATION_OUTCOME)
+    }
+    trained = twin_model.score(
+        dataset.features[:, [FEATURES.index(n) for n in twin_model.features]]
+    )
+    ids = [t.transaction_id for t in dataset.transactions]
+    assert len(served) == len(ids)
+    np.testing.assert_allclose([served[i] for i in ids], trained, rtol=0, atol=1e-12)
+
+
+def test_loading_refuses_malformed_metadata_and_an_unfitted_estimator(tmp_path: Path):
+    joblib.dump({"format": "corepay-model/1", "metadata": ["not", "a", "mapping"]}, tmp_path / "m")
+    with pytest.raises(ConfigurationError, match="metadata is malformed"):
+        load_model(tmp_path / "m")
+    unfitted = {
+        "format": "corepay-model/1",
+        "metadata": ModelMetadata("raw", "live", TRANSACTION_FEATURES).to_json(),
+        "estimator": LogisticRegression(),
+    }
+    joblib.dump(unfitted, tmp_path / "u")
+    with pytest.raises(ConfigurationError, match="could not score"):
+        load_model(tmp_path / "u")

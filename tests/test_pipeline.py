@@ -64,7 +64,7 @@ def test_every_transaction_is_decided_on_both_paths_and_divergences_alerted_exac
         if liv["error"] or sim["error"]:
             expected[tid] = AlertKind.PATH_ERROR.value
         elif liv["decision"] != sim["decision"]:
-            stale = sim["twin_lag"] > 0 and "GATEWAY_DECLINED" not in liv["reasons"]
+            stale = sim["twin_lag"] > 0 and sim["fresh_decision"] == liv["decision"]
             expected[tid] = (AlertKind.STALE_TWIN if stale else AlertKind.DECISION_MISMATCH).value
     alerts = _values(bus, DIVERGENCE_ALERT)
     assert {a["transaction_id"]: a["kind"] for a in alerts} == expected

@@ -347,8 +347,15 @@ def train(
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    model = fit(config)
-    written = model.save(out)
+    try:
+        model = fit(config)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    try:
+        written = model.save(out)
+    except OSError as exc:
+        message = f"could not write the model to {out}: {exc.strerror or exc}"
+        raise click.ClickException(message) from None
     meta = model.metadata
     if as_json:
         click.echo(json.dumps({**meta.to_json(), **meta.metrics, "out": str(written)}))

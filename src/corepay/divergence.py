@@ -26,21 +26,18 @@ def alert_id_for(transaction_id: str) -> str:
     return str(uuid.uuid5(_ALERT_NAMESPACE, transaction_id))
 
 
-#: The live reason code of a payment the issuer declined at the gateway.
-ISSUER_DECLINE = "GATEWAY_DECLINED"
-
-
 def classify(live: Outcome, simulation: Outcome) -> AlertKind | None:
     """The alert a complete pair deserves, or ``None`` when the paths agree.
 
-    A disagreement is ``STALE_TWIN`` when the twin the simulation read was missing earlier
-    payments of the customer (``twin_lag > 0``), unless the live decision was the issuer's.
+    A disagreement is ``STALE_TWIN`` when the twin the simulation read was missing payments of
+    the customer (``twin_lag > 0``) and, with them applied, the simulation would have decided
+    as the live path did (``fresh_decision``).
     """
     if live.error is not None or simulation.error is not None:
         return AlertKind.PATH_ERROR
     if live.decision is not simulation.decision:
-        # An issuer's decline is the issuer's: a fresher twin would not have predicted it.
-        if simulation.twin_lag and ISSUER_DECLINE not in live.reasons:
+        # The twin was behind, and with it up to date the simulation would have agreed.
+        if simulation.twin_lag and simulation.fresh_decision is live.decision:
             return AlertKind.STALE_TWIN
         return AlertKind.DECISION_MISMATCH
     return None

@@ -8,7 +8,8 @@ once, as one numpy matrix.
 Transaction features (what the payment request says):
 
 ==================  ===============================================================
-``log_amount``      log10 of the amount in rough euro terms
+``log_amount``      log10 of the amount in rough euro terms (static rates for 45 currencies;
+                    a typical amount for any other currency, so an unknown unit is neutral)
 ``tiny_amount``     1 when the amount is under 3 euro (the probes of card testing)
 ``card_not_present`` 1 for ``ecommerce`` and ``moto``
 ``atm``             1 for ``atm``
@@ -121,7 +122,41 @@ _UNITS_PER_EUR: Mapping[str, float] = {
     "INR": 90.0,
     "SGD": 1.45,
     "MXN": 19.0,
+    "CNY": 7.8,
+    "HKD": 8.5,
+    "KRW": 1450.0,
+    "TWD": 35.0,
+    "NZD": 1.8,
+    "NOK": 11.7,
+    "DKK": 7.46,
+    "PLN": 4.3,
+    "CZK": 25.0,
+    "HUF": 390.0,
+    "RON": 5.0,
+    "BGN": 1.96,
+    "ISK": 150.0,
+    "TRY": 35.0,
+    "ZAR": 20.0,
+    "AED": 4.0,
+    "SAR": 4.1,
+    "ILS": 4.0,
+    "EGP": 53.0,
+    "NGN": 1700.0,
+    "KES": 140.0,
+    "THB": 38.0,
+    "MYR": 5.0,
+    "IDR": 17000.0,
+    "PHP": 62.0,
+    "VND": 27000.0,
+    "PKR": 300.0,
+    "ARS": 1000.0,
+    "CLP": 1000.0,
+    "COP": 4300.0,
+    "PEN": 4.1,
 }
+#: ``log_amount`` of a payment in a currency without a rate here: a typical amount, so that an
+#: unknown unit neither raises nor lowers the risk.
+_UNKNOWN_CURRENCY_LOG_AMOUNT = math.log10(35.0)
 _TINY_EUR = 3.0
 _THIN_HISTORY = 3
 _WINDOWS = (timedelta(minutes=10), timedelta(hours=1), timedelta(hours=24))
@@ -165,12 +200,12 @@ def check_features(names: Iterable[str], *, allowed: Sequence[str] = FEATURES) -
 def transaction_features(txns: Sequence[Transaction]) -> np.ndarray:
     """One row per transaction, columns in :data:`TRANSACTION_FEATURES` order."""
     n = len(txns)
-    eur = np.fromiter(
-        (float(t.amount) / _UNITS_PER_EUR.get(t.currency, 1.0) for t in txns), np.float64, n
-    )
+    rates = np.fromiter((_UNITS_PER_EUR.get(t.currency, np.nan) for t in txns), np.float64, n)
+    eur = np.fromiter((float(t.amount) for t in txns), np.float64, n) / rates
+    known = ~np.isnan(rates)
     out = np.empty((n, len(TRANSACTION_FEATURES)), dtype=np.float64)
-    out[:, 0] = np.log10(eur)
-    out[:, 1] = eur < _TINY_EUR
+    out[:, 0] = np.where(known, np.log10(np.where(known, eur, 1.0)), _UNKNOWN_CURRENCY_LOG_AMOUNT)
+    out[:, 1] = known & (np.where(known, eur, _TINY_EUR) < _TINY_EUR)
     out[:, 2] = np.fromiter((t.channel in _CARD_NOT_PRESENT for t in txns), np.float64, n)
     out[:, 3] = np.fromiter((t.channel == "atm" for t in txns), np.float64, n)
     out[:, 4] = np.fromiter((t.merchant_category in HIGH_RISK_MCCS for t in txns), np.float64, n)

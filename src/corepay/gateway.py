@@ -202,7 +202,10 @@ def open_gateway(url: str) -> PaymentGateway:
     Raises:
         ConfigurationError: an unknown scheme, a bad URL, an unknown option or a bad value.
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ConfigurationError(f"payment gateway URL is malformed: {exc}") from None
     if parts.scheme == "simulated":
         if parts.netloc or parts.path.strip("/") or parts.fragment:
             raise ConfigurationError(

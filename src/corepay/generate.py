@@ -38,7 +38,10 @@ class HttpSender:
     def __init__(
         self, url: str, *, timeout: float = 10.0, attempts: int = 4, api_key: str | None = None
     ) -> None:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            parts = urlsplit("")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigurationError(f"ingestion URL must be http(s)://host:port, not {url!r}")
         self.url = url.rstrip("/")
@@ -110,8 +113,12 @@ def _lines(path: str | Path | None) -> Iterator[IO[bytes] | None]:
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
     else:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            f = open(path, "wb")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise ConfigurationError(f"could not write {path}: {exc.strerror or exc}") from None
+        with f:
             yield f
 
 
@@ -137,7 +144,7 @@ def generate(
     sender: HttpSender | None = None
     bus: Bus | None = None
     if target is not None:
-        if urlsplit(target).scheme in ("http", "https"):
+        if target.split("://", 1)[0] in ("http", "https"):
             sender = HttpSender(target, api_key=api_key)
         else:
             bus = open_bus(target)

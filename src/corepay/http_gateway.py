@@ -2,7 +2,7 @@
 
 :class:`HttpGateway` posts ``/v1/authorizations`` (the protocol
 :mod:`corepay.services.gateway_api` serves for the simulated gateway) with an
-``Idempotency-Key``, a per-attempt timeout, bounded retries with backoff and jitter, and a
+``Idempotency-Key``, a timeout on each socket operation of an attempt, bounded retries with backoff and jitter, and a
 :class:`CircuitBreaker` that fails fast while the gateway is down. Build one from a URL with
 :func:`corepay.gateway.open_gateway`.
 """
@@ -353,9 +353,12 @@ def _check(name: str, value: object, ok: bool, rule: str) -> None:
 
 
 def _http_url(url: str) -> SplitResult:
-    parts = urlsplit(url)
     # Never echo the URL: it may carry a password.
     shape = "http://host:port[/prefix] or https://host:port[/prefix]"
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigurationError(f"payment gateway URL is malformed; must be {shape}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(f"payment gateway URL must be {shape}")
     if parts.username is not None or parts.password is not None:

@@ -95,7 +95,8 @@ class Outcome:
     unavailable); the path still answers, so the transaction is never silently dropped.
     ``twin_version`` is the version of the twin the simulation path read (0: no twin yet) and
     ``twin_lag`` how many of the customer's earlier payments, already decided, that twin did
-    not reflect yet (0: it was up to date).
+    not reflect yet (0: it was up to date); ``fresh_decision`` what the simulation would have
+    decided on the twin with those payments applied (``None`` when it was up to date).
     ``score`` is the model's risk score in [0, 1], ``None`` when the path failed before scoring.
     """
 
@@ -108,6 +109,7 @@ class Outcome:
     timings: Timings
     twin_version: int | None = None
     twin_lag: int | None = None
+    fresh_decision: Decision | None = None
     error: str | None = None
 
     @property

@@ -20,10 +20,12 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from corepay.errors import BackendTimeoutError, CorepayError, UnavailableError
+from corepay.features import feature_matrix
 from corepay.gateway import GatewayResponse, PaymentGateway
 from corepay.models import Decision, Outcome, Path, Timings, Transaction, Twin
 from corepay.riskmodel import RiskModel
 from corepay.scoring import DecisionPolicy, Thresholds
+from corepay.twin import apply_outcomes
 from corepay.twin_client import TwinClient
 
 __all__ = ["DecisionPath", "LivePath", "SimulationPath", "policy_for"]
@@ -192,21 +194,24 @@ class SimulationPath(DecisionPath):
     """Predicts the live decision from the customer's twin, stamping the twin it read.
 
     Every outcome carries the version of the twin read and ``twin_lag``: how many of the
-    customer's earlier payments this path had already decided that the twin did not yet
-    reflect (the twin service applies a payment only after its live outcome is published, so
-    a burst of payments meets a twin that is behind). A disagreement with ``twin_lag > 0`` is
-    told apart by the detector as ``STALE_TWIN``.
+    customer's payments this path had already decided that the twin did not reflect yet (the
+    twin service applies a payment only after its live outcome is published, so a burst of
+    payments meets a twin that is behind). When the twin was behind, the outcome also says
+    what the decision would have been on a twin with those payments applied
+    (``fresh_decision``; their live decisions are not known yet, so they count as approved).
+    A disagreement that a current twin would not have had is told apart by the detector as
+    ``STALE_TWIN``.
 
     Args:
         twins: where twins are read from.
         model: the twin model; default: :func:`default_model`.
         policy: thresholds and reason codes; default: the model's own thresholds.
-        remember_customers: customers whose recent payments are remembered to measure lag.
+        remember_customers: customers whose not-yet-applied payments are remembered.
     """
 
     path = Path.SIMULATION
-    #: Recent payments remembered per customer to measure twin lag.
-    recent_per_customer = 32
+    #: Most not-yet-applied payments remembered per customer.
+    pending_per_customer = 16
 
     def __init__(
         self,
@@ -215,7 +220,7 @@ class SimulationPath(DecisionPath):
         model: RiskModel | None = None,
         policy: DecisionPolicy | None = None,
         clock: Clock = time.time,
-        remember_customers: int = 100_000,
+        remember_customers: int = 20_000,
     ) -> None:
         self.twins = twins
         self.model = _check_model(model or _default("simulation"), Path.SIMULATION)
@@ -223,7 +228,8 @@ class SimulationPath(DecisionPath):
         self.clock = clock
         self.model_version = self.model.version
         self.remember_customers = remember_customers
-        self._recent: OrderedDict[str, list[tuple[datetime, str]]] = OrderedDict()
+        # Per customer, the payments this path decided that their twin did not show yet.
+        self._pending: OrderedDict[str, list[Transaction]] = OrderedDict()
 
     def decide_batch(
         self, txns: Sequence[Transaction], ingested: Sequence[datetime | None]
@@ -238,12 +244,20 @@ class SimulationPath(DecisionPath):
         features = self.model.features_of(txns, twins)
         scores = self.model.score(features)
         decided = self.policy.decide(scores, features, self.model.features)
-        lags = self._lags(txns, twins)
+        lags, fresher = self._staleness(txns, twins)
+        fresh: dict[int, Decision] = {}
+        if fresher:
+            rows = sorted(fresher)
+            matrix = feature_matrix(
+                [txns[i] for i in rows], [fresher[i] for i in rows], self.model.features
+            )
+            again = self.policy.decide(self.model.score(matrix), matrix, self.model.features)
+            fresh = {i: decision for i, (decision, _) in zip(rows, again, strict=True)}
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(txns), 1)
         now = _utc(self.clock())
         outcomes = []
-        for txn, at, score, (decision, reasons), lag in zip(
-            txns, ingested, scores.tolist(), decided, lags, strict=True
+        for i, (txn, at, score, (decision, reasons), lag) in enumerate(
+            zip(txns, ingested, scores.tolist(), decided, lags, strict=True)
         ):
             twin = twins.get(txn.customer_id)
             outcomes.append(
@@ -256,35 +270,53 @@ class SimulationPath(DecisionPath):
                     model_version=self.model_version,
                     twin_version=0 if twin is None else twin.version,
                     twin_lag=lag,
+                    fresh_decision=fresh.get(i),
                     timings=Timings(decided_at=now, elapsed_ms=elapsed_ms, ingested_at=at),
                 )
             )
         return outcomes
 
-    def _lags(self, txns: Sequence[Transaction], twins: Mapping[str, Twin]) -> list[int]:
-        """For each payment, the customer's earlier decided payments its twin does not show."""
-        lags = []
-        recent = self._recent
-        for txn in txns:
-            seen = recent.get(txn.customer_id)
-            if seen is None:
-                seen = recent[txn.customer_id] = []
-                if len(recent) > self.remember_customers:
-                    recent.popitem(last=False)
+    def _staleness(
+        self, txns: Sequence[Transaction], twins: Mapping[str, Twin]
+    ) -> tuple[list[int], dict[int, Twin]]:
+        """Per payment, how many decided payments its twin lacks, and (where it lacks any)
+        the twin with them applied."""
+        lags: list[int] = []
+        fresher: dict[int, Twin] = {}
+        applied: dict[str, frozenset[str]] = {}
+        for i, txn in enumerate(txns):
+            cid = txn.customer_id
+            pending = self._pending.get(cid)
+            if pending is None:
+                pending = self._pending[cid] = []
+                if len(self._pending) > self.remember_customers:
+                    self._pending.popitem(last=False)
             else:
-                recent.move_to_end(txn.customer_id)
-            twin = twins.get(txn.customer_id)
-            as_of = None if twin is None else twin.last_seen
-            lags.append(
-                sum(
-                    1
-                    for at, tid in seen
-                    if tid != txn.transaction_id
-                    and at <= txn.timestamp
-                    and (as_of is None or at > as_of)
-                )
-            )
-            if all(tid != txn.transaction_id for _, tid in seen):
-                seen.append((txn.timestamp, txn.transaction_id))
-                del seen[: -self.recent_per_customer]
-        return lags
+                self._pending.move_to_end(cid)
+            twin = twins.get(cid)
+            if cid not in applied:
+                applied[cid] = frozenset(twin.applied) if twin is not None else frozenset()
+            shown = applied[cid]
+            pending[:] = [p for p in pending if p.transaction_id not in shown]
+            missing = [p for p in pending if p.transaction_id != txn.transaction_id]
+            lags.append(len(missing))
+            if missing:
+                fresher[i] = apply_outcomes(twin, [_assumed_approved(p) for p in missing])  # type: ignore[assignment]
+            if txn.transaction_id not in shown and all(
+                p.transaction_id != txn.transaction_id for p in pending
+            ):
+                pending.append(txn)
+                del pending[: -self.pending_per_customer]
+        return lags, fresher
+
+
+def _assumed_approved(txn: Transaction) -> Outcome:
+    return Outcome(
+        transaction=txn,
+        path=Path.LIVE,
+        decision=Decision.APPROVE,
+        score=None,
+        reasons=(),
+        model_version="assumed",
+        timings=Timings(decided_at=txn.timestamp, elapsed_ms=0.0),
+    )

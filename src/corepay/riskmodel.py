@@ -165,6 +165,10 @@ class ModelMetadata:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ModelMetadata:
+        if not isinstance(data, Mapping):
+            raise ConfigurationError(
+                f"model metadata is malformed: a mapping is expected, not {type(data).__name__}"
+            )
         try:
             thresholds = data.get("thresholds") or {}
             return cls(
@@ -219,6 +223,13 @@ class RiskModel:
             )
         self.estimator = estimator
         self.metadata = metadata
+        try:  # an estimator that cannot score one row now would fail every batch later
+            self.score(np.zeros((1, len(metadata.features))))
+        except Exception as exc:
+            raise ConfigurationError(
+                f"model {metadata.version} could not score a row of {len(metadata.features)} "
+                f"features: {type(exc).__name__}: {exc}"
+            ) from None
 
     @property
     def version(self) -> str:

@@ -115,8 +115,8 @@ class TrafficGenerator:
     """Payment requests from ``customers`` generated customers.
 
     Requests come in timestamp order, except that a burst (card testing, account takeover) is
-    emitted as a whole when it starts, the way a fraudster's script fires it. About 2.5% of
-    payments are fraud and 2% legitimate breaks of habit (see the module text).
+    emitted as a whole when it starts, the way a fraudster's script fires it. About 4% of
+    payments are fraud (bursts count one by one) and 3% legitimate breaks of habit.
     """
 
     def __init__(

@@ -30,7 +30,7 @@ from corepay.riskmodel import (
     RiskModel,
     load_model,
 )
-from corepay.scoring import Thresholds
+from corepay.scoring import DecisionPolicy, Thresholds
 from corepay.traffic import Label, TrafficGenerator
 from corepay.twin import apply_outcome
 from corepay.wire import parse_transaction
@@ -76,8 +76,8 @@ class TrainingConfig:
     def __attrs_post_init__(self) -> None:
         if not 0.05 <= self.holdout <= 0.5:
             raise ValueError("holdout must be between 0.05 and 0.5")
-        if self.review is not None or self.decline is not None:
-            Thresholds(self.review or 0.5, self.decline or 1.0)
+        if self.review is not None and self.decline is not None:
+            Thresholds(self.review, self.decline)
 
 
 #: What ``corepay demo`` and the engine use when no model file is given.
@@ -97,33 +97,57 @@ class Dataset:
     y: np.ndarray
 
 
-def build_dataset(*, transactions: int, customers: int, seed: int) -> Dataset:
-    """Generate a labelled world and compute every payment's features as the engine would."""
+def build_dataset(
+    *, transactions: int, customers: int, seed: int, live: RiskModel | None = None
+) -> Dataset:
+    """Generate a labelled world and compute every payment's features as the engine would.
+
+    The world is replayed in order through the live path as the pipeline runs it: ``live``
+    scores each payment and its policy declines or holds the risky ones, the simulated
+    gateway (seeded with ``seed``, as ``corepay demo --seed`` seeds it) authorizes the rest,
+    and that decision goes into the customer's twin before their next payment. Without
+    ``live`` only the gateway decides (enough to train a live model: its features do not
+    depend on twins).
+    """
     generator = TrafficGenerator(customers=customers, seed=seed)
-    gateway = SimulatedGateway(seed)
+    pairs = [(parse_transaction(r), label) for r, label in generator.labelled(transactions)]
+    txns = [t for t, _ in pairs]
+    labels = [label for _, label in pairs]
+    decisions = _live_decisions(txns, SimulatedGateway(seed), live)
     twins: dict[str, Twin] = {}
-    txns: list[Transaction] = []
-    labels: list[Label] = []
     before: list[Twin | None] = []
-    for request, label in generator.labelled(transactions):
-        txn = parse_transaction(request)
+    for txn, decision in zip(txns, decisions, strict=True):
         before.append(twins.get(txn.customer_id))
-        twins[txn.customer_id] = apply_outcome(before[-1], _live_outcome(txn, gateway))
-        txns.append(txn)
-        labels.append(label)
+        twins[txn.customer_id] = apply_outcome(before[-1], _outcome(txn, decision))
     matrix = feature_matrix(txns, before, FEATURES)
     y = np.fromiter((label.is_fraud for label in labels), np.float64, len(labels))
     return Dataset(tuple(txns), tuple(labels), matrix, y)
 
 
-def _live_outcome(txn: Transaction, gateway: SimulatedGateway) -> Outcome:
-    """What the twin learns about a payment: the gateway's answer."""
-    try:
-        answer = gateway.authorize(txn)
-    except CorepayError:
-        decision = Decision.REVIEW
+def _live_decisions(
+    txns: list[Transaction], gateway: SimulatedGateway, live: RiskModel | None
+) -> list[Decision]:
+    """What the live path decides for each payment (transaction features only: no twins)."""
+    if live is None:
+        policy_says = [Decision.APPROVE] * len(txns)
     else:
-        decision = Decision.APPROVE if answer.approved else Decision.DECLINE
+        matrix = live.features_of(txns)
+        decided = DecisionPolicy(live.thresholds).decide(live.score(matrix), matrix, live.features)
+        policy_says = [decision for decision, _ in decided]
+    decisions = []
+    for txn, decision in zip(txns, policy_says, strict=True):
+        if decision is Decision.APPROVE:
+            try:
+                answer = gateway.authorize(txn)
+            except CorepayError:
+                decision = Decision.REVIEW
+            else:
+                decision = Decision.APPROVE if answer.approved else Decision.DECLINE
+        decisions.append(decision)
+    return decisions
+
+
+def _outcome(txn: Transaction, decision: Decision) -> Outcome:
     return Outcome(
         transaction=txn,
         path=Path.LIVE,
@@ -190,10 +214,19 @@ def _threshold_for(y: np.ndarray, scores: np.ndarray, precision: float) -> float
 
 
 def train(config: TrainingConfig = TrainingConfig(), dataset: Dataset | None = None) -> RiskModel:
-    """Fit a model for ``config.path`` on a generated world; metrics are held out by time."""
-    data = dataset or build_dataset(
-        transactions=config.transactions, customers=config.customers, seed=config.seed
-    )
+    """Fit a model for ``config.path`` on a generated world; metrics are held out by time.
+
+    A simulation model learns from twins shaped by the live path's decisions, as in the
+    running pipeline: a live model is trained on the same world first, unless ``dataset``
+    (replayed by the caller) is given.
+    """
+    data = dataset
+    if data is None:
+        n, customers, seed = config.transactions, config.customers, config.seed
+        data = build_dataset(transactions=n, customers=customers, seed=seed)
+        if config.path == "simulation":
+            live = train(attrs.evolve(config, path="live", review=None, decline=None), data)
+            data = build_dataset(transactions=n, customers=customers, seed=seed, live=live)
     names = PATH_FEATURES[config.path]
     columns = [FEATURES.index(n) for n in names]
     x = data.features[:, columns]
@@ -202,8 +235,15 @@ def train(config: TrainingConfig = TrainingConfig(), dataset: Dataset | None = N
     fitted = estimator.predict_proba(x[:cut])[:, 1]
     review = config.review or _threshold_for(data.y[:cut], fitted, config.review_precision)
     decline = config.decline or _threshold_for(data.y[:cut], fitted, config.decline_precision)
-    review = min(max(round(review or 0.5, 4), 0.01), 1.0)
-    decline = min(max(round(decline or 0.8, 4), review), 1.0)
+    review = config.review or min(max(round(review or 0.5, 4), 0.01), 1.0)
+    decline = config.decline or min(max(round(decline or 0.8, 4), 0.01), 1.0)
+    if review > decline:
+        fixed, chosen = ("review", "decline") if config.review else ("decline", "review")
+        raise ValueError(
+            f"the {chosen} threshold chosen from the data ({decline if config.review else review}"
+            f") does not fit the {fixed} threshold given ({config.review or config.decline}): "
+            "review <= decline is needed; give both thresholds"
+        )
     thresholds = Thresholds(review, decline)
     held_out = estimator.predict_proba(x[cut:])[:, 1]
     metadata = ModelMetadata(
@@ -236,7 +276,19 @@ def _default_dataset() -> Dataset:
 
 @functools.cache
 def default_model(path: str) -> RiskModel:
-    """The model a path uses when none is given: trained on first use, deterministically."""
+    """The model a path uses when none is given: trained on first use, deterministically.
+
+    The default simulation model learns from twins shaped by the default live model.
+    """
+    if path == "simulation":
+        config = DEFAULT_TRAINING["simulation"]
+        dataset = build_dataset(
+            transactions=config.transactions,
+            customers=config.customers,
+            seed=config.seed,
+            live=default_model("live"),
+        )
+        return train(config, dataset)
     return train(DEFAULT_TRAINING[path], _default_dataset())
 
 

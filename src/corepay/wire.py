@@ -263,6 +263,7 @@ def outcome_to_wire(outcome: Outcome) -> dict[str, Any]:
         "model_version": outcome.model_version,
         "twin_version": outcome.twin_version,
         "twin_lag": outcome.twin_lag,
+        "fresh_decision": None if outcome.fresh_decision is None else outcome.fresh_decision.value,
         "timings": {
             "ingested_at": _time(timings.ingested_at),
             "decided_at": _time(timings.decided_at),
@@ -393,6 +394,7 @@ def _outcome_from(d: Mapping[str, Any]) -> Outcome:
         model_version=d["model_version"],
         twin_version=d.get("twin_version"),
         twin_lag=d.get("twin_lag"),
+        fresh_decision=None if d.get("fresh_decision") is None else Decision(d["fresh_decision"]),
         error=d.get("error"),
         timings=Timings(
             decided_at=datetime.fromisoformat(t["decided_at"]),

@@ -62,7 +62,9 @@ def _require(secret: str | None, variable: str, settings: Settings, service: str
             "without it on a trusted machine, say so with --insecure or COREPAY_INSECURE=true"
         )
     if secret is None:
-        log.warning("%s runs without %s: anyone who can reach it can use it", service, variable)
+        log.warning(
+            "%s runs without %s (--insecure): no credentials are checked", service, variable
+        )
 
 
 def _ingestion(settings: Settings, stop: threading.Event) -> None:
