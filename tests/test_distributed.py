@@ -83,8 +83,12 @@ class Services:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.twin_port = _free_port()
         self.ingestion_port = _free_port()
+        self.ops_ports: dict[str, int] = {}
 
     def start(self, name: str, service: str, *args: str) -> None:
+        if service in ("engine", "detector"):  # health and metrics on a port of its own
+            self.ops_ports[name] = _free_port()
+            args = (*args, "--metrics-port", str(self.ops_ports[name]))
         env = {
             **os.environ,
             "COREPAY_BUS_URL": BUS_URL,
@@ -122,14 +126,19 @@ class Services:
         if ingestion:
             self.start("ingestion", "ingestion", "--port", str(self.ingestion_port))
             self.wait_http(self.ingestion_port, deadline)
+        # Engines answer once their models are loaded, so no traffic waits on training.
+        for name in (*engines, *detectors):
+            self.wait_http(self.ops_ports[name], deadline)
 
     def wait_http(self, port: int, deadline: float) -> None:
+        """Until the service on ``port`` is ready (its bus and store reachable)."""
         while time.monotonic() < deadline:
             try:
-                if _get(f"http://127.0.0.1:{port}/healthz")[0] == 200:
+                if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
                     return
             except OSError:
-                time.sleep(0.2)
+                pass
+            time.sleep(0.2)
         raise AssertionError(f"nothing answered on port {port}: {self.tail()}")
 
     def tail(self) -> str:

@@ -114,6 +114,15 @@ class Consumer(ABC):
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this member currently owns."""
 
+    def lag(self) -> dict[TopicPartition, int] | None:
+        """Messages waiting in each owned partition after this member's position.
+
+        Only what the member knows without asking the server (it is read after every poll,
+        for metrics); a partition it knows nothing about yet is left out. ``None``: this
+        backend cannot tell.
+        """
+        return None
+
     @abstractmethod
     def close(self) -> None:
         """Leave the group. Messages polled but not committed go back to the group."""

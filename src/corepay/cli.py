@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -216,6 +215,17 @@ def _render(s: dict[str, Any]) -> str:
     help="Log level (env COREPAY_LOG_LEVEL) [default: INFO].",
 )
 @click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Engine, detector: port of /healthz, /readyz and /metrics (env COREPAY_METRICS_PORT) "
+    "[engine 9101, detector 9102]; the other services serve them on their own port.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    help="Log lines as JSON objects or text (env COREPAY_LOG_FORMAT) [default: json].",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     default=None,
@@ -257,13 +267,11 @@ def serve(service: str, **options: Any) -> None:
     gateway serves a simulated payment gateway over HTTP, for an engine started with
     --gateway http://host:port.
     """
+    from corepay.observability import configure_logging
     from corepay.services.serve import serve as run
 
     settings = Settings.from_env(**options)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format, service=service)
     run(service, settings)
 
 

@@ -11,6 +11,7 @@ from types import TracebackType
 from typing import Self
 
 from corepay.models import Outcome, Transaction
+from corepay.observability import timed
 from corepay.paths import DecisionPath
 
 __all__ = ["Engine"]
@@ -25,11 +26,17 @@ class Engine:
     slow gateway and a slow twin read overlap. When a path raises on a batch, its transactions
     are decided one by one, and the ones that still fail get an error outcome (decision
     ``REVIEW``, ``error`` set) instead of being lost.
+
+    Each path's time on a batch is observed in ``corepay_stage_seconds`` as stage
+    ``decide_live`` or ``decide_simulation``, labelled with ``service``.
     """
 
-    def __init__(self, live: DecisionPath, simulation: DecisionPath) -> None:
+    def __init__(
+        self, live: DecisionPath, simulation: DecisionPath, *, service: str = "engine"
+    ) -> None:
         self.live = live
         self.simulation = simulation
+        self.service = service
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corepay-live")
 
     def decide(
@@ -41,9 +48,15 @@ class Engine:
             raise ValueError("ingested must have one entry per transaction")
         if not txns:
             return [], []
-        live = self._pool.submit(_run, self.live, txns, stamps)
-        simulation = _run(self.simulation, txns, stamps)
+        live = self._pool.submit(self._decide_on, self.live, txns, stamps)
+        simulation = self._decide_on(self.simulation, txns, stamps)
         return live.result(), simulation
+
+    def _decide_on(
+        self, path: DecisionPath, txns: Sequence[Transaction], ingested: Sequence[datetime | None]
+    ) -> list[Outcome]:
+        with timed(self.service, f"decide_{path.path.value}"):
+            return _run(path, txns, ingested)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -73,7 +86,13 @@ def _run(
         if len(txns) > 1:
             # Decide them one by one, so one poison transaction does not fail its batch.
             return [o for t, at in zip(txns, ingested, strict=True) for o in _run(path, [t], [at])]
-        log.exception("%s path failed on transaction %s", path.path.value, txns[0].transaction_id)
+        txn = txns[0]
+        log.exception(
+            "%s path failed on transaction %s",
+            path.path.value,
+            txn.transaction_id,
+            extra={"transaction_id": txn.transaction_id, "customer_id": txn.customer_id},
+        )
         elapsed = (time.perf_counter() - started) * 1000.0
         code = f"{path.path.value.upper()}_PATH_ERROR"
         return path.failed(txns, ingested, code, elapsed_ms=elapsed)

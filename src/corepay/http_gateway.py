@@ -2,9 +2,9 @@
 
 :class:`HttpGateway` posts ``/v1/authorizations`` (the protocol
 :mod:`corepay.services.gateway_api` serves for the simulated gateway) with an
-``Idempotency-Key``, a timeout on each socket operation of an attempt, bounded retries with backoff and jitter, and a
-:class:`CircuitBreaker` that fails fast while the gateway is down. Build one from a URL with
-:func:`corepay.gateway.open_gateway`.
+``Idempotency-Key``, a timeout on each socket operation of an attempt, bounded retries with
+backoff and jitter, and a :class:`CircuitBreaker` that fails fast while the gateway is down.
+Build one from a URL with :func:`corepay.gateway.open_gateway`.
 """
 
 from __future__ import annotations

@@ -536,6 +536,26 @@ class KafkaConsumerMember(Consumer):
             TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()
         )
 
+    def lag(self) -> dict[TopicPartition, int] | None:
+        if self._closed:
+            return None
+        try:
+            found: dict[TopicPartition, int] = {}
+            for tp in self._consumer.assignment():
+                high = self._consumer.highwater(tp)
+                if high is None:
+                    continue  # not fetched from yet
+                # A partition fetched from has a position, so this is answered locally; the
+                # zero timeout keeps it from ever waiting on the broker.
+                position = self._consumer.position(tp, timeout_ms=0)
+                if position is not None:
+                    found[TopicPartition(tp.topic, tp.partition)] = max(high - position, 0)
+            return found
+        except (KafkaError, OSError) as exc:
+            # Metrics only: a consumer in the middle of a rebalance reports nothing this time.
+            log.debug("lag of group %s unknown: %s", self.group, exc)
+            return None
+
     def close(self) -> None:
         if not self._closed:
             self._closed = True

@@ -224,6 +224,13 @@ class MemoryConsumer(Consumer):
                 break
         return batch
 
+    def lag(self) -> dict[TopicPartition, int]:
+        with self._bus._lock:
+            return {
+                tp: len(self._bus._logs[tp.topic][tp.partition]) - position
+                for tp, position in self._positions.items()
+            }
+
     def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
         if self._closed:
             raise RuntimeError("consumer is closed")

@@ -23,6 +23,7 @@ from corepay.bus import (
 )
 from corepay.divergence import DivergenceDetector, Pairing
 from corepay.errors import DecodeError
+from corepay.observability import DIVERGENCES
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.wire import decode_outcome, encode_alert
 
@@ -48,6 +49,7 @@ class DetectorService(ConsumerService):
 
     group = "corepay-detector"
     topics = (LIVE_OUTCOME, SIMULATION_OUTCOME)
+    service = "detector"
 
     def __init__(
         self,
@@ -140,7 +142,16 @@ class DetectorService(ConsumerService):
             try:
                 restored.append(json.loads(entry.value)["transaction_id"])
             except (ValueError, KeyError, TypeError):
-                log.warning("skipping a malformed %s entry at offset %d", entry.topic, entry.offset)
+                log.warning(
+                    "skipping a malformed %s entry at offset %d",
+                    entry.topic,
+                    entry.offset,
+                    extra={
+                        "topic": entry.topic,
+                        "partition": entry.partition,
+                        "offset": entry.offset,
+                    },
+                )
         self.detector.mark_resolved(restored)
         for tid in restored:
             held = self._held_at.pop(tid, None)
@@ -183,11 +194,19 @@ class DetectorService(ConsumerService):
         if held is not None:
             del self._held[held[0]][held[1]]
             del self._tid_at[held]
+        some = pairing.live or pairing.simulation
+        assert some is not None
+        about = {"transaction_id": pairing.transaction_id, "customer_id": some.customer_id}
         if pairing.alert is not None:
             alert = pairing.alert
             records.append(Record(DIVERGENCE_ALERT, alert.customer_id, encode_alert(alert)))
-        some = pairing.live or pairing.simulation
-        assert some is not None
+            DIVERGENCES.labels(kind=alert.kind.value).inc()
+            log.info(
+                "divergence %s on transaction %s",
+                alert.kind.value,
+                pairing.transaction_id,
+                extra={**about, "kind": alert.kind.value},
+            )
         entry = {
             "schema_version": 1,
             "transaction_id": pairing.transaction_id,
@@ -200,7 +219,9 @@ class DetectorService(ConsumerService):
             except Exception:
                 # An observer's failure must not fail the batch: the pair is already resolved,
                 # so a retried batch would no longer publish its alert.
-                log.exception("on_pairing callback failed for %s", pairing.transaction_id)
+                log.exception(
+                    "on_pairing callback failed for %s", pairing.transaction_id, extra=about
+                )
         return held
 
     def _cut(self) -> dict[TopicPartition, int]:

@@ -38,6 +38,7 @@ class EngineService(ConsumerService):
 
     group = "corepay-engine"
     topics = (RAW_TRANSACTIONS,)
+    service = "engine"
 
     def __init__(self, bus: Bus, engine: Engine, **kwargs: object) -> None:
         super().__init__(bus, **kwargs)  # type: ignore[arg-type]

@@ -30,6 +30,7 @@ from corepay.errors import (
 )
 from corepay.gateway import PaymentGateway
 from corepay.models import Transaction
+from corepay.observability import add_ops_routes, checks, count_requests
 from corepay.wire import parse_json, parse_transaction
 
 __all__ = ["create_gateway_app"]
@@ -132,8 +133,7 @@ def create_gateway_app(gateway: PaymentGateway, *, remember: int = 10_000) -> Fl
             return _authorize(gateway, txn)
         return answers.answer(key, txn, lambda: _authorize(gateway, txn))
 
-    @app.get("/healthz")
-    def healthz() -> tuple[Response, int]:
-        return jsonify({"status": "ok"}), 200
+    add_ops_routes(app, "gateway", checks())
+    count_requests(app, "gateway")
 
     return app

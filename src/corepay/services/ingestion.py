@@ -8,7 +8,8 @@
   take it, so nothing is half-accepted.
 - ``POST /v1/transactions:batch``: ``{"transactions": [...]}``, up to ``max_batch`` of them;
   200 with one result per item, in order, each with the status the item would have had alone.
-- ``GET /healthz``, ``GET /readyz`` (the bus is reachable), ``GET /openapi.json``.
+- ``GET /healthz``, ``GET /readyz`` (the bus is reachable), ``GET /metrics`` (Prometheus),
+  ``GET /openapi.json``.
 
 The OpenAPI 3 document of all this is ``openapi.json`` next to this module.
 """
@@ -29,6 +30,7 @@ from corepay.errors import BackendError, BackendTimeoutError, ValidationError
 from corepay.idempotency import Claim, IdempotencyCache, fingerprint
 from corepay.ingest import Accepted, Ingestor
 from corepay.models import Transaction
+from corepay.observability import add_ops_routes, checks, count_requests
 from corepay.settings import Settings
 from corepay.wire import parse_json, parse_transaction
 
@@ -260,17 +262,8 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
             }
         ), 200
 
-    @app.get("/healthz")
-    def healthz() -> tuple[Response, int]:
-        return jsonify({"status": "ok"}), 200
-
-    @app.get("/readyz")
-    def readyz() -> tuple[Response, int]:
-        try:
-            bus.check()
-        except BackendError as exc:
-            return jsonify({"status": "not_ready", "checks": {"bus": str(exc)}}), 503
-        return jsonify({"status": "ready", "checks": {"bus": "ok"}}), 200
+    add_ops_routes(app, "ingestion", checks(bus=bus))
+    count_requests(app, "ingestion")
 
     document = openapi_document()
     document["components"]["schemas"]["Batch"]["properties"]["transactions"]["maxItems"] = (

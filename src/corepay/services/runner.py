@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import attrs
+import prometheus_client
 
 from corepay.bus import Bus, Message, Record, TopicPartition, dead_letter_topic
 from corepay.errors import BackendError, CommitFailedError, ConfigurationError
+from corepay.observability import (
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    MESSAGES_CONSUMED,
+    MESSAGES_PRODUCED,
+    timed,
+)
 
 __all__ = ["ConsumerService", "Handled", "dead_letter"]
 
@@ -33,6 +44,9 @@ class Handled:
     then: list[Record] = attrs.field(factory=list)
 
 
+#: Header of a dead letter naming the topic its message was read from.
+SOURCE_TOPIC_HEADER = "corepay-source-topic"
+
 #: Largest value a dead letter carries; a longer one is cut (and says so), so that the bus
 #: takes it even when the original was refused for its size.
 DEAD_LETTER_MAX_VALUE = 512 * 1024
@@ -53,7 +67,7 @@ def dead_letter(message: Message, error: str) -> Record:
             **truncated,
             **message.headers,
             "corepay-error": error[:1000],
-            "corepay-source-topic": message.topic,
+            SOURCE_TOPIC_HEADER: message.topic,
             "corepay-source-partition": str(message.partition),
             "corepay-source-offset": str(message.offset),
         },
@@ -68,16 +82,23 @@ class ConsumerService(ABC):
     before anything new is polled, so nothing is skipped. A batch that keeps failing for any
     other reason is handled one message at a time after ``max_attempts`` tries, and a message
     that fails alone ``max_attempts`` times goes to the dead-letter topic, never dropped.
+
+    Metrics (see :mod:`corepay.observability`), labelled with :attr:`service`: messages
+    consumed, produced and dead-lettered per topic, the time to handle, publish and commit a
+    batch, and the consumer lag per partition after each poll.
     """
 
     #: The consumer group; all instances of a service share it and split the partitions.
     group: str
     topics: tuple[str, ...]
+    #: The service's name in metrics; defaults to the group without its ``corepay-`` prefix.
+    service = ""
     max_attempts = 3
 
     def __init__(self, bus: Bus, *, group: str | None = None, max_records: int = 500) -> None:
         self.bus = bus
         self.group = group or self.group
+        self.service = self.service or self.group.removeprefix("corepay-")
         self.max_records = max_records
         self.consumer = bus.consumer(self.group, self.topics)
         self._inflight: list[Message] = []
@@ -86,6 +107,7 @@ class ConsumerService(ABC):
         self._attempts = 0
         self._backoff = 0.0
         self.processed = 0
+        self._lag_reported: set[TopicPartition] = set()
 
     @abstractmethod
     def handle(self, messages: Sequence[Message]) -> Handled:
@@ -112,11 +134,14 @@ class ConsumerService(ABC):
             except BackendError as exc:
                 self._retry_later([], exc, repoll=True)
                 return 0
+            self._count(MESSAGES_CONSUMED, (m.topic for m in messages))
+            self._report_lag()
         try:
             # A batch handled but not yet published is not handled again: handling changed
             # the service's state (a detector's pairs), so only the publish is retried.
             if self._handled is None:
-                self._handled = self.handle(messages)
+                with self._timed("handle", bool(messages)):
+                    self._handled = self.handle(messages)
             self._publish(self._handled)
         except BackendError as exc:
             self._retry_later(messages, exc)  # the bus or store is down: retry until it is back
@@ -145,7 +170,8 @@ class ConsumerService(ABC):
                 )
             try:
                 if self._handled is None:
-                    self._handled = self._isolate(messages)
+                    with self._timed("handle", bool(messages)):
+                        self._handled = self._isolate(messages)
                 else:
                     error = f"{type(exc).__name__}: {exc}"
                     self._handled = Handled(
@@ -158,14 +184,55 @@ class ConsumerService(ABC):
         handled = self._handled
         self._inflight, self._handled, self._retrying = [], None, False
         self._attempts, self._backoff = 0, 0.0
-        self._commit(handled.commit)
+        with self._timed("commit", bool(messages)):
+            self._commit(handled.commit)
         self.processed += len(messages)
         return len(messages)
 
     def _publish(self, handled: Handled) -> None:
-        self.bus.publish_many(handled.records)
-        if handled.then:
-            self.bus.publish_many(handled.then)
+        with self._timed("publish", bool(handled.records or handled.then)):
+            self.bus.publish_many(handled.records)
+            self._count_published(handled.records)
+            if handled.then:
+                self.bus.publish_many(handled.then)
+                self._count_published(handled.then)
+
+    def _timed(self, stage: str, active: bool) -> AbstractContextManager[None]:
+        # Idle polls (nothing read, nothing to publish) are not timed: they would bury the
+        # real batches under near-zero samples.
+        return timed(self.service, stage) if active else nullcontext()
+
+    def _count(self, counter: prometheus_client.Counter, topics: Iterable[str]) -> None:
+        for topic, n in Counter(topics).items():
+            counter.labels(service=self.service, topic=topic).inc(n)
+
+    def _count_published(self, records: Sequence[Record]) -> None:
+        self._count(MESSAGES_PRODUCED, (r.topic for r in records))
+        self._count(
+            DEAD_LETTERS,
+            (
+                source
+                for r in records
+                if (source := r.headers.get(SOURCE_TOPIC_HEADER)) is not None
+                and r.topic == dead_letter_topic(source)
+            ),
+        )
+
+    def _report_lag(self) -> None:
+        lag = self.consumer.lag()
+        if lag is None:
+            return
+        for tp in self._lag_reported - lag.keys():
+            self._forget_lag(tp)  # a partition this member no longer owns
+        for tp, waiting in lag.items():
+            CONSUMER_LAG.labels(
+                service=self.service, topic=tp.topic, partition=str(tp.partition)
+            ).set(waiting)
+        self._lag_reported = set(lag)
+
+    def _forget_lag(self, tp: TopicPartition) -> None:
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(self.service, tp.topic, str(tp.partition))
 
     def _isolate(self, messages: list[Message]) -> Handled:
         """Handle each message alone; one that keeps failing goes to the dead-letter topic."""
@@ -189,6 +256,12 @@ class ConsumerService(ABC):
                             message.partition,
                             message.offset,
                             attempt,
+                            extra={
+                                "customer_id": message.key,
+                                "topic": message.topic,
+                                "partition": message.partition,
+                                "offset": message.offset,
+                            },
                         )
                         records.append(dead_letter(message, f"{type(exc).__name__}: {exc}"))
         return Handled(records, self.safe_commit(), then)
@@ -220,4 +293,7 @@ class ConsumerService(ABC):
 
     def close(self) -> None:
         log.info("%s: leaving the group, %d messages handled", self.group, self.processed)
+        for tp in self._lag_reported:
+            self._forget_lag(tp)
+        self._lag_reported = set()
         self.consumer.close()

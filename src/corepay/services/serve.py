@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 
 from flask import Flask
@@ -16,6 +17,7 @@ from corepay.bus import ALL_TOPICS
 from corepay.divergence import DivergenceDetector
 from corepay.errors import ConfigurationError
 from corepay.gateway import open_gateway
+from corepay.observability import checks, create_ops_app
 from corepay.services.detector import DetectorService
 from corepay.services.engine import EngineService, build_engine
 from corepay.services.gateway_api import create_gateway_app
@@ -30,7 +32,7 @@ __all__ = ["DEFAULT_PORTS", "SERVICES", "serve"]
 log = logging.getLogger("corepay.serve")
 
 #: HTTP port of each service that has an HTTP API, unless ``--port`` says otherwise.
-DEFAULT_PORTS = {"ingestion": 8080, "twin": 8081, "gateway": 8082}
+DEFAULT_PORTS = {"ingestion": 8080, "twin": 8081, "gateway": 8082, "engine": 9101, "detector": 9102}
 
 
 def _stop_on_signals() -> threading.Event:
@@ -65,6 +67,24 @@ def _require(secret: str | None, variable: str, settings: Settings, service: str
         log.warning(
             "%s runs without %s (--insecure): no credentials are checked", service, variable
         )
+
+
+@contextlib.contextmanager
+def _ops_server(
+    service: str, settings: Settings, ready: Callable[[], Mapping[str, str]]
+) -> Iterator[None]:
+    """``/healthz``, ``/readyz`` and ``/metrics`` of a service without an API, while it runs."""
+    port = settings.metrics_port if settings.metrics_port is not None else DEFAULT_PORTS[service]
+    server = make_server(settings.host, port, create_ops_app(service, ready), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="corepay-ops", daemon=True)
+    thread.start()
+    log.info("%s: health and metrics on http://%s:%d", service, settings.host, server.server_port)
+    try:
+        yield
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
 
 
 def _ingestion(settings: Settings, stop: threading.Event) -> None:
@@ -106,7 +126,10 @@ def _engine(settings: Settings, stop: threading.Event) -> None:
                 engine.live.model_version,
                 engine.simulation.model_version,
             )
-            with open_bus(settings.bus_url) as bus:
+            with (
+                open_bus(settings.bus_url) as bus,
+                _ops_server("engine", settings, checks(bus=bus)),
+            ):
                 bus.ensure_topics(ALL_TOPICS)
                 EngineService(bus, engine, max_records=settings.batch_size).run(stop)
     finally:
@@ -133,7 +156,7 @@ def _twin(settings: Settings, stop: threading.Event) -> None:
         worker.start()
         try:
             _serve_http(
-                create_twin_app(store, token=settings.twin_token),
+                create_twin_app(store, token=settings.twin_token, bus=bus),
                 settings.host,
                 settings.port or DEFAULT_PORTS["twin"],
                 stop,
@@ -149,7 +172,7 @@ def _detector(settings: Settings, stop: threading.Event) -> None:
     detector = DivergenceDetector(
         timeout=settings.pairing_timeout, max_pending=settings.max_pending
     )
-    with bus:
+    with bus, _ops_server("detector", settings, checks(bus=bus)):
         DetectorService(bus, detector, max_records=settings.batch_size).run(stop)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from corepay.bus import LIVE_OUTCOME, Bus, Message, Record
 from corepay.errors import BackendError, ConfigurationError, ConflictError, DecodeError
 from corepay.models import Outcome
+from corepay.observability import TWIN_UPDATE_CONFLICTS
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.store import TwinStore
 from corepay.twin import TwinPolicy, apply_outcomes
@@ -70,6 +71,7 @@ class TwinService(ConsumerService):
 
     group = "corepay-twin"
     topics = (LIVE_OUTCOME,)
+    service = "twin"
 
     def __init__(
         self, bus: Bus, store: TwinStore, *, policy: TwinPolicy = TwinPolicy(), **kwargs: object
@@ -127,5 +129,6 @@ class TwinService(ConsumerService):
         for customer_id, outcomes in by_customer.items():
             _, conflicts = update_twin(self.store, customer_id, outcomes, policy=self.policy)
             self.conflicts += conflicts
+            TWIN_UPDATE_CONFLICTS.inc(conflicts)
             self.customers.add(customer_id)
         return Handled(records)

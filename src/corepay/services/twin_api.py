@@ -5,18 +5,21 @@ from __future__ import annotations
 from flask import Flask, Response, jsonify, request
 
 from corepay.auth import Credentials
+from corepay.bus import Bus
+from corepay.observability import add_ops_routes, checks, count_requests
 from corepay.store import TwinStore
 from corepay.wire import twin_to_wire
 
 __all__ = ["create_twin_app"]
 
 
-def create_twin_app(store: TwinStore, *, token: str | None = None) -> Flask:
+def create_twin_app(store: TwinStore, *, token: str | None = None, bus: Bus | None = None) -> Flask:
     """The twin service's internal HTTP API.
 
     - ``GET /v1/twins/<customer_id>``: the twin (404 when the customer has none).
     - ``GET /v1/twins?customer_id=a&customer_id=b``: ``{"twins": [...]}`` for those that exist.
-    - ``GET /healthz``.
+    - ``GET /healthz``, ``GET /readyz`` (the store, and the bus when given, are reachable),
+      ``GET /metrics``.
 
     With ``token``, every ``/v1/`` request must send ``Authorization: Bearer <token>`` (401
     otherwise); the token may also be given in its hashed form, ``sha256:<hex>``.
@@ -55,8 +58,7 @@ def create_twin_app(store: TwinStore, *, token: str | None = None) -> Flask:
         twins = store.get_many(ids)
         return jsonify({"twins": [twin_to_wire(t) for t in twins.values()]}), 200
 
-    @app.get("/healthz")
-    def healthz() -> tuple[Response, int]:
-        return jsonify({"status": "ok"}), 200
+    add_ops_routes(app, "twin", checks(store=store, bus=bus))
+    count_requests(app, "twin")
 
     return app
