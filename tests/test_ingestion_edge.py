@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -314,3 +315,21 @@ def test_hash_key_prints_what_the_api_accepts():
     fresh = CliRunner().invoke(main, ["hash-key"], input="")
     new_key, new_hash = fresh.stdout.split()
     assert len(new_key) >= 32 and Credentials([new_hash]).accepts(new_key)
+
+
+def test_no_key_reaches_logs_metrics_or_answers(caplog):
+    caplog.set_level(logging.DEBUG)
+    bus = _DownBus()
+    client = _client(bus)
+    wrong = "a-wrong-key-that-is-long-enough"
+    seen = [
+        _post(client, VALID, key=wrong).get_data(as_text=True),
+        _post(client, VALID, key=KEY).get_data(as_text=True),  # a valid key, accepted
+        _post(client, {"transactions": [VALID]}, path="/v1/transactions:batch").get_data(  # 503
+            as_text=True
+        ),
+        client.get("/metrics").get_data(as_text=True),
+    ]
+    assert "corepay_http_requests_total" in seen[-1]
+    for text in [*seen, caplog.text]:
+        assert KEY not in text and OTHER_KEY not in text and wrong not in text

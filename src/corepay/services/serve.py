@@ -106,6 +106,7 @@ def _ingestion(settings: Settings, stop: threading.Event) -> None:
         workers=settings.web_workers,
         threads=settings.web_threads,
         on_exit=close_bus,
+        log_format=settings.log_format,
     )
 
 

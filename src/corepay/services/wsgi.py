@@ -13,10 +13,22 @@ from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 __all__ = ["serve_wsgi"]
 
 log = logging.getLogger(__name__)
+
+
+class _JsonLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, writing its lines with CorePay's JSON formatter."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        from corepay.observability import JsonFormatter
+
+        for handler in [*self.error_log.handlers, *self.access_log.handlers]:
+            handler.setFormatter(JsonFormatter())
 
 
 class _Application(BaseApplication):  # type: ignore[misc]
@@ -42,6 +54,7 @@ def serve_wsgi(
     threads: int,
     on_exit: Callable[[Flask], None] | None = None,
     graceful_timeout: int = 30,
+    log_format: str = "json",
 ) -> None:
     """Serve the app ``factory`` builds in each worker until gunicorn is told to stop."""
 
@@ -63,11 +76,15 @@ def serve_wsgi(
         "loglevel": logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
         "worker_exit": worker_exit,
         "proc_name": "corepay-ingestion",
+        # No control socket: nothing to manage at run time, and no file in the home folder.
+        "control_socket_disable": True,
         # Request line and header limits: the body limit is the app's (max_request_bytes).
         "limit_request_line": 4094,
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
     }
+    if log_format == "json":  # gunicorn's own lines as JSON too, like every other line
+        options["logger_class"] = _JsonLogger
     log.info(
         "ingestion on gunicorn: %d worker(s) x %d thread(s) on %s:%d", workers, threads, host, port
     )
