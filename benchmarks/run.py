@@ -1,0 +1,443 @@
+"""CorePay benchmarks: throughput, latency and memory, each against a baseline in the same run.
+
+    python -m benchmarks.run [--quick] [--kafka HOST:PORT] [--json FILE]
+
+Prints a table and writes it as JSON (``benchmarks/results.json`` unless ``--json``). Parts:
+
+1. ``in_process``: generated payments through the whole pipeline in one process on the memory
+   backends (100,000 by default): transactions per second, and latency from the ingestion
+   stamp to the detector's verdict (p50, p99), for batches of 500 and of 50.
+2. ``baseline_python``: the same per-transaction work in a bare Python loop, no framework:
+   parse and check the request, features, both models scored per batch with numpy, the
+   simulated gateway, a dict twin per customer, the comparison. CorePay's overhead is the
+   ratio of the two rates.
+3. ``ingestion_api``: requests per second against ``corepay serve ingestion`` (gunicorn, memory
+   bus), one transaction per request and 100 per batch request, from a pool of client threads.
+4. ``memory``: bytes per twin (in memory and as a stored document) and per transaction the
+   detector holds while waiting for its pair.
+5. With ``--kafka``: ``baseline_kafka`` (a bare kafka-python produce-then-consume loop with
+   the same message sizes) and ``kafka_pipeline`` (the four services as processes over the
+   broker at fixed offered rates, see ``benchmarks/kafka_pipeline.py``).
+
+Timings on a shared machine are noisy: compare figures from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tracemalloc
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from corepay import MemoryBus, MemoryTwinStore, Pipeline, TrafficGenerator
+from corepay.divergence import DivergenceDetector
+from corepay.features import FEATURES, feature_matrix
+from corepay.gateway import SimulatedGateway
+from corepay.models import Decision, Outcome, Timings
+from corepay.models import Path as OutcomePath
+from corepay.scoring import DecisionPolicy
+from corepay.training import default_model
+from corepay.twin import apply_outcome
+from corepay.wire import decode_outcome, encode_outcome, encode_twin, parse_transaction
+
+HERE = Path(__file__).resolve().parent
+
+
+def _requests(count: int, customers: int, seed: int = 0) -> list[dict[str, Any]]:
+    return list(TrafficGenerator(customers=customers, seed=seed).requests(count))
+
+
+# --- 1. in process -----------------------------------------------------------------------------
+
+
+def in_process(count: int, customers: int, batch_size: int) -> dict[str, Any]:
+    requests = _requests(count, customers)
+    live, twin = default_model("live"), default_model("simulation")
+    gc.collect()
+    with Pipeline(
+        MemoryBus(), MemoryTwinStore(), batch_size=batch_size, live_model=live, twin_model=twin
+    ) as pipeline:
+        started = time.perf_counter()
+        for start in range(0, count, batch_size):
+            pipeline.submit_many(requests[start : start + batch_size])
+            pipeline.drain()
+        elapsed = time.perf_counter() - started
+        latency = pipeline.latency.percentiles(50, 99)
+        alerts = sum(pipeline.alerts.values())
+    return {
+        "transactions": count,
+        "batch_size": batch_size,
+        "seconds": round(elapsed, 2),
+        "tps": round(count / elapsed, 1),
+        "latency_ms": latency,
+        "processing_us_per_txn": round(elapsed / count * 1e6, 1),
+        "divergences": alerts,
+    }
+
+
+# --- 2. the bare Python loop -------------------------------------------------------------------
+
+
+def baseline_python(count: int, customers: int, batch_size: int) -> dict[str, Any]:
+    """The same work per payment with plain dicts and no framework (no bus, no services)."""
+    requests = _requests(count, customers)
+    encoded = [json.dumps(r).encode() for r in requests]  # what arrives on the wire
+    live, twin_model = default_model("live"), default_model("simulation")
+    live_policy, twin_policy = (
+        DecisionPolicy(live.thresholds),
+        DecisionPolicy(twin_model.thresholds),
+    )
+    gateway = SimulatedGateway(0)
+    twins: dict[str, Any] = {}
+    diverged = 0
+    gc.collect()
+    started = time.perf_counter()
+    for start in range(0, count, batch_size):
+        txns = [parse_transaction(json.loads(raw)) for raw in encoded[start : start + batch_size]]
+        matrix = feature_matrix(txns, [twins.get(t.customer_id) for t in txns], FEATURES)
+        live_x = matrix[:, [FEATURES.index(n) for n in live.features]]
+        live_d = live_policy.decide(live.score(live_x), live_x, live.features)
+        twin_x = matrix[:, [FEATURES.index(n) for n in twin_model.features]]
+        twin_d = twin_policy.decide(twin_model.score(twin_x), twin_x, twin_model.features)
+        for txn, (decision, _), (predicted, _) in zip(txns, live_d, twin_d, strict=True):
+            if decision is Decision.APPROVE:
+                try:
+                    answer = gateway.authorize(txn)
+                    decision = Decision.APPROVE if answer.approved else Decision.DECLINE
+                except Exception:
+                    decision = Decision.REVIEW
+            diverged += decision is not predicted
+            twins[txn.customer_id] = apply_outcome(
+                twins.get(txn.customer_id),
+                Outcome(
+                    transaction=txn,
+                    path=OutcomePath.LIVE,
+                    decision=decision,
+                    score=None,
+                    reasons=(),
+                    model_version="baseline",
+                    timings=Timings(decided_at=txn.timestamp, elapsed_ms=0.0),
+                ),
+            )
+    elapsed = time.perf_counter() - started
+    return {
+        "transactions": count,
+        "batch_size": batch_size,
+        "seconds": round(elapsed, 2),
+        "tps": round(count / elapsed, 1),
+        "divergences": diverged,
+    }
+
+
+# --- 3. the ingestion API ----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ingestion_api(seconds: float, clients: int) -> dict[str, Any]:
+    key = f"bench-{uuid.uuid4().hex}"
+    port = _free_port()
+    env = {**os.environ, "COREPAY_API_KEYS": key, "COREPAY_BUS_URL": "memory://"}
+    log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - the server process keeps writing it
+        prefix="corepay-bench-ingestion-", suffix=".log", delete=False
+    )
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "corepay",
+            "serve",
+            "ingestion",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--threads",
+            "8",
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_ready(port, proc)
+        requests = _requests(200_000, 2000, seed=7)
+        single = _load(port, key, requests, seconds, clients, batch=0)
+        batch = _load(port, key, requests[100_000:], seconds, clients, batch=100)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    return {
+        "server": "gunicorn 1 worker x 8 threads, memory bus",
+        "clients": clients,
+        "single": single,
+        "batch_of_100": batch,
+    }
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("ingestion exited")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError("ingestion did not get ready")
+
+
+def _load(
+    port: int, key: str, requests: list[dict[str, Any]], seconds: float, clients: int, batch: int
+) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    path = "/v1/transactions:batch" if batch else "/v1/transactions"
+    per_client = len(requests) // clients
+    counts = [0] * clients
+    statuses: dict[int, int] = defaultdict(int)
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    stop = time.monotonic() + seconds
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        mine = requests[i * per_client : (i + 1) * per_client]
+        step = batch or 1
+        for start in range(0, len(mine), step):
+            if time.monotonic() >= stop:
+                break
+            chunk = mine[start : start + step]
+            body = json.dumps({"transactions": chunk} if batch else chunk[0])
+            sent = time.perf_counter()
+            conn.request("POST", path, body, headers)
+            response = conn.getresponse()
+            response.read()
+            latencies[i].append((time.perf_counter() - sent) * 1000)
+            statuses[response.status] += 1
+            counts[i] += len(chunk)
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    calls = sum(len(x) for x in latencies)
+    all_latencies = np.asarray([v for x in latencies for v in x])
+    return {
+        "requests_per_s": round(calls / elapsed, 1),
+        "transactions_per_s": round(sum(counts) / elapsed, 1),
+        "latency_ms": {
+            "p50": round(float(np.percentile(all_latencies, 50)), 2),
+            "p99": round(float(np.percentile(all_latencies, 99)), 2),
+        },
+        "statuses": dict(statuses),
+    }
+
+
+# --- 4. memory ---------------------------------------------------------------------------------
+
+
+def memory(customers: int, per_customer: int, pending: int) -> dict[str, Any]:
+    requests = _requests(customers * per_customer, customers)
+    txns = [parse_transaction(r) for r in requests]
+    outcomes = [
+        Outcome(
+            transaction=t,
+            path=OutcomePath.LIVE,
+            decision=Decision.APPROVE,
+            score=0.1,
+            reasons=(),
+            model_version="bench",
+            timings=Timings(decided_at=t.timestamp, elapsed_ms=0.0),
+        )
+        for t in txns
+    ]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    twins: dict[str, Any] = {}
+    for o in outcomes:
+        twins[o.customer_id] = apply_outcome(twins.get(o.customer_id), o)
+    gc.collect()
+    twin_bytes = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    doc_sizes = [len(encode_twin(t)) for t in twins.values()]
+
+    detector = DivergenceDetector(max_pending=pending * 2)
+    # As the detector meets them: decoded from the bus, so what it holds is all its own.
+    wire = [encode_outcome(o) for o in outcomes[:pending]]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for value in wire:
+        detector.observe(decode_outcome(value), 0.0)
+    gc.collect()
+    pending_bytes = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return {
+        "twins": len(twins),
+        "payments_per_twin": per_customer,
+        "bytes_per_twin_in_memory": round(twin_bytes / len(twins)),
+        "bytes_per_twin_document": round(sum(doc_sizes) / len(doc_sizes)),
+        "detector_pending": detector.pending,
+        "bytes_per_pending_transaction": round(pending_bytes / max(detector.pending, 1)),
+    }
+
+
+# --- 5. the bare kafka-python loop ---------------------------------------------------------------
+
+
+def baseline_kafka(bootstrap: str, count: int) -> dict[str, Any]:
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic = f"bench-baseline-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, 4, 1)])
+    admin.close()
+    values = [json.dumps(r).encode() for r in _requests(count, 2000, seed=3)]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    started = time.perf_counter()
+    futures = [producer.send(topic, key=v[:40], value=v) for v in values]
+    producer.flush()
+    for f in futures:
+        f.get(timeout=30)
+    produce_s = time.perf_counter() - started
+    producer.close()
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"bench-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    got = 0
+    started = time.perf_counter()
+    deadline = started + 60
+    while got < count and time.perf_counter() < deadline:
+        for records in consumer.poll(timeout_ms=500, max_records=500).values():
+            got += len(records)
+        consumer.commit()
+    consume_s = time.perf_counter() - started
+    consumer.close()
+    return {
+        "messages": count,
+        "bytes_per_message": round(sum(map(len, values)) / len(values)),
+        "produce_per_s": round(count / produce_s, 1),
+        "consume_per_s": round(got / consume_s, 1),
+        "consumed": got,
+    }
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a minute or so")
+    parser.add_argument("--kafka", metavar="HOST:PORT", help="also benchmark over this broker")
+    parser.add_argument("--json", type=Path, default=HERE / "results.json")
+    args = parser.parse_args(argv)
+    n = 20_000 if args.quick else 100_000
+    default_model("live"), default_model("simulation")  # trained before anything is timed
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    results["in_process"] = [in_process(n, 2000, 500), in_process(n // 5, 2000, 50)]
+    results["baseline_python"] = baseline_python(n, 2000, 500)
+    results["overhead_vs_python"] = round(
+        results["baseline_python"]["tps"] / results["in_process"][0]["tps"], 2
+    )
+    results["ingestion_api"] = ingestion_api(5.0 if args.quick else 15.0, clients=8)
+    results["memory"] = memory(
+        2000 if args.quick else 10_000, 20, 20_000 if args.quick else 100_000
+    )
+    if args.kafka:
+        results["baseline_kafka"] = baseline_kafka(args.kafka, 20_000 if args.quick else 100_000)
+        try:
+            from benchmarks.kafka_pipeline import run as kafka_run
+        except ImportError as exc:
+            results["kafka_pipeline"] = {"error": f"not available: {exc}"}
+        else:
+            results["kafka_pipeline"] = kafka_run(
+                args.kafka, [500, 1000, 2000], 5.0 if args.quick else 20.0, args.quick
+            )
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(_table(results))
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
+def _table(r: dict[str, Any]) -> str:
+    lines = ["CorePay benchmarks" + ("  (--quick)" if r["quick"] else ""), ""]
+    for run in r["in_process"]:
+        lat = run["latency_ms"]
+        lines.append(
+            f"in process, batch {run['batch_size']:>4}: {run['tps']:>9,.0f} txn/s  "
+            f"stamp->verdict p50 {lat['p50']:.1f} ms  p99 {lat['p99']:.1f} ms  "
+            f"({run['processing_us_per_txn']:.0f} us of work per txn, {run['transactions']:,} txns)"
+        )
+    b = r["baseline_python"]
+    lines.append(
+        f"bare Python loop, batch 500: {b['tps']:>7,.0f} txn/s   "
+        f"CorePay overhead x{r['overhead_vs_python']} (baseline rate / CorePay rate)"
+    )
+    api = r["ingestion_api"]
+    for name in ("single", "batch_of_100"):
+        x = api[name]
+        lines.append(
+            f"ingestion API {name:<13} {x['requests_per_s']:>8,.0f} req/s "
+            f"{x['transactions_per_s']:>8,.0f} txn/s  p50 {x['latency_ms']['p50']:.1f} ms "
+            f"p99 {x['latency_ms']['p99']:.1f} ms  {x['statuses']}"
+        )
+    m = r["memory"]
+    lines.append(
+        f"memory: {m['bytes_per_twin_in_memory']:,} B per twin in memory "
+        f"({m['payments_per_twin']} payments), {m['bytes_per_twin_document']:,} B as a document; "
+        f"{m['bytes_per_pending_transaction']:,} B per pending transaction in the detector "
+        f"({m['detector_pending']:,} pending)"
+    )
+    if "baseline_kafka" in r:
+        k = r["baseline_kafka"]
+        lines.append(
+            f"bare kafka-python: produce {k['produce_per_s']:,.0f} msg/s, consume "
+            f"{k['consume_per_s']:,.0f} msg/s ({k['bytes_per_message']} B messages)"
+        )
+    if "kafka_pipeline" in r:
+        lines.append(f"kafka pipeline: {json.dumps(r['kafka_pipeline'])[:2000]}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
