@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -258,14 +259,16 @@ def test_a_batch_the_bus_refuses_is_503_per_item_and_can_be_retried():
     assert not any(r.get("replayed") for r in body["results"])
 
 
-def test_readyz_says_when_the_bus_is_out_of_reach():
+def test_readyz_says_when_the_bus_is_out_of_reach_and_keeps_the_why_in_the_log(caplog):
     class Unreachable(MemoryBus):
         def check(self) -> None:
             raise UnavailableError("Kafka at 127.0.0.1:1 refused the connection")
 
     response = _client(Unreachable()).get("/readyz")
     assert response.status_code == 503
-    assert response.get_json()["checks"]["bus"].startswith("Kafka at 127.0.0.1:1")
+    # The public port does not tell the world what its backends answered; the log does.
+    assert response.get_json()["checks"] == {"bus": "unavailable"}
+    assert "Kafka at 127.0.0.1:1 refused the connection" in caplog.text
 
 
 # --- the twin service's token ----------------------------------------------------------------
@@ -333,3 +336,73 @@ def test_no_key_reaches_logs_metrics_or_answers(caplog):
     assert "corepay_http_requests_total" in seen[-1]
     for text in [*seen, caplog.text]:
         assert KEY not in text and OTHER_KEY not in text and wrong not in text
+
+
+def test_two_batches_sharing_ids_in_opposite_orders_publish_each_once():
+    bus = MemoryBus()
+    app = create_app(Settings(api_keys=KEY), bus=bus)
+    a, b = ({**VALID, "transaction_id": tid} for tid in ("cross-a", "cross-b"))
+    answers: list[list[int]] = []
+    barrier = threading.Barrier(2)
+
+    def post(items: list[dict]) -> None:
+        client = app.test_client()
+        barrier.wait()
+        body = _post(client, {"transactions": items}, path="/v1/transactions:batch").get_json()
+        answers.append([r["status"] for r in body["results"]])
+
+    threads = [threading.Thread(target=post, args=(order,)) for order in ([a, b], [b, a])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads)
+    assert answers == [[202, 202], [202, 202]]
+    assert sorted(_published(bus)) == ["cross-a", "cross-b"]
+
+
+def test_a_chunked_body_is_held_to_the_size_limit_too():
+    bus = MemoryBus()
+    client = _client(bus, max_request_bytes=1024)
+    padded = json.dumps(VALID) + " " * 2000  # valid JSON, too long
+
+    response = client.post(
+        "/v1/transactions",
+        input_stream=io.BytesIO(padded.encode()),  # no Content-Length, as a chunked body
+        environ_overrides={"wsgi.input_terminated": True},  # what gunicorn says of one
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {KEY}", "Transfer-Encoding": "chunked"},
+    )
+    assert response.status_code == 413 and _published(bus) == []
+
+
+def test_request_metrics_do_not_grow_a_series_per_made_up_method_and_no_static_files():
+    from prometheus_client import REGISTRY
+
+    client = _client(MemoryBus())
+    for method in ("FOOA", "FOOB"):
+        client.open("/v1/transactions", method=method, headers={"Authorization": f"Bearer {KEY}"})
+    labels = {
+        s.labels["method"]
+        for m in REGISTRY.collect()
+        if m.name == "corepay_http_requests"
+        for s in m.samples
+        if s.labels.get("service") == "ingestion"
+    }
+    assert "FOOA" not in labels and "other" in labels
+    assert client.get("/static/anything").status_code == 404
+    not_allowed = client.get("/v1/transactions", headers={"Authorization": f"Bearer {KEY}"})
+    assert not_allowed.status_code == 405 and "POST" in not_allowed.headers["Allow"]
+
+
+def test_the_twin_api_is_not_ready_until_its_twins_are_current():
+    from corepay.services.twin import TwinService
+
+    bus, store = MemoryBus(), MemoryTwinStore()
+    service = TwinService(bus, store)
+    client = create_twin_app(store, bus=bus, current=lambda: service.status).test_client()
+    first = client.get("/readyz")
+    assert first.status_code == 503 and first.get_json()["checks"]["twins"] == "starting"
+    service.poll_once(timeout=0.1)  # joins, rebuilds its partitions from live_outcome
+    assert client.get("/readyz").status_code == 200
+    service.close()

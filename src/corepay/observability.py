@@ -322,7 +322,9 @@ def checks(
 # --- ops HTTP --------------------------------------------------------------------------------
 
 
-def add_ops_routes(app: Flask, service: str, ready: Callable[[], Mapping[str, str]]) -> None:
+def add_ops_routes(
+    app: Flask, service: str, ready: Callable[[], Mapping[str, str]], *, detail: bool = True
+) -> None:
     """Add ``GET /healthz``, ``GET /readyz`` and ``GET /metrics`` to ``app``.
 
     ``/readyz`` answers 200 ``{"status": "ready", "checks": {...}}`` when every check is
@@ -345,11 +347,17 @@ def add_ops_routes(app: Flask, service: str, ready: Callable[[], Mapping[str, st
             found = {"ready": _describe(exc)}
         if all(value == "ok" for value in found.values()):
             return jsonify({"status": "ready", "checks": found}), 200
+        if not detail:  # what a backend answered stays in the log, off a public port
+            log.warning("%s: not ready: %s", service, found)
+            found = {name: "ok" if v == "ok" else "unavailable" for name, v in found.items()}
         return jsonify({"status": "not_ready", "checks": found}), 503
 
     @app.get("/metrics", endpoint="ops_metrics")
     def metrics() -> Response:
         return Response(_generate_latest(REGISTRY), status=200, content_type=CONTENT_TYPE_LATEST)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def count_requests(app: Flask, service: str) -> None:
@@ -362,7 +370,8 @@ def count_requests(app: Flask, service: str) -> None:
         endpoint = request.endpoint or ""
         if not endpoint.startswith("ops_"):
             route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            record_request(service, route, request.method, response.status_code)
+            method = request.method if request.method in _METHODS else "other"
+            record_request(service, route, method, response.status_code)
         return response
 
 
@@ -370,7 +379,7 @@ def create_ops_app(service: str, ready: Callable[[], Mapping[str, str]]) -> Flas
     """A Flask app with only the ops routes, for services without an API of their own."""
     from flask import Flask
 
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.name = f"corepay-{service}"
     add_ops_routes(app, service, ready)
     return app

@@ -105,7 +105,7 @@ def create_gateway_app(gateway: PaymentGateway, *, remember: int = 10_000) -> Fl
         gateway: answers the authorizations.
         remember: how many answers to keep by idempotency key.
     """
-    app = Flask("corepay.gateway")
+    app = Flask("corepay.gateway", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     answers = _Answers(remember)
 

@@ -22,15 +22,21 @@ from importlib import resources
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from corepay.auth import Credentials
-from corepay.bus import Bus
-from corepay.errors import BackendError, BackendTimeoutError, ValidationError
+from corepay.bus import RAW_TRANSACTIONS, Bus
+from corepay.errors import BackendError, BackendTimeoutError, RejectedError, ValidationError
 from corepay.idempotency import Claim, IdempotencyCache, fingerprint
 from corepay.ingest import Accepted, Ingestor
 from corepay.models import Transaction
-from corepay.observability import add_ops_routes, checks, count_requests
+from corepay.observability import (
+    MESSAGES_PRODUCED,
+    add_ops_routes,
+    checks,
+    count_requests,
+    timed,
+)
 from corepay.settings import Settings
 from corepay.wire import parse_json, parse_transaction
 
@@ -41,6 +47,15 @@ log = logging.getLogger(__name__)
 _UNAVAILABLE = {
     "error": "bus_unavailable",
     "message": "the transaction was not accepted; retry later",
+}
+_BATCH_FAILED = {
+    "error": "bus_unavailable",
+    "message": "the bus did not confirm this batch, so this transaction may or may not have "
+    "been taken; retry with the same transaction_id",
+}
+_REJECTED = {
+    "error": "rejected_by_bus",
+    "message": "the bus refused this transaction for good (for example, too large)",
 }
 _TIMEOUT = {
     "error": "bus_timeout",
@@ -109,7 +124,7 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
     seen = IdempotencyCache(
         settings.idempotency_window, max_entries=settings.idempotency_max_entries
     )
-    app = Flask("corepay.ingestion")
+    app = Flask("corepay.ingestion", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["corepay.bus"] = bus
     app.extensions["corepay.idempotency"] = seen
@@ -131,7 +146,14 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
     def body() -> Any:
         if not request.is_json:
             return None
-        return parse_json(request.get_data(cache=False))
+        if request.content_length is not None:  # Flask already held it to the limit
+            return parse_json(request.get_data(cache=False))
+        # A chunked body: Werkzeug's stream would stop quietly at the limit, so read the
+        # server's own stream one byte past it to know whether there was more.
+        raw = request.environ["wsgi.input"].read(settings.max_request_bytes + 1)
+        if len(raw) > settings.max_request_bytes:
+            raise RequestEntityTooLarge()
+        return parse_json(raw)
 
     def not_json() -> tuple[Response, int]:
         return _problem(
@@ -162,7 +184,9 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
             response.headers["Idempotent-Replayed"] = "true"
             return response, 202
         try:
-            accepted = ingestor.submit_transaction(txn)
+            with timed("ingestion", "publish"):
+                accepted = ingestor.submit_transaction(txn)
+            MESSAGES_PRODUCED.labels("ingestion", RAW_TRANSACTIONS).inc()
         except BackendTimeoutError as exc:
             seen.abort(txn.transaction_id)
             log.warning("bus did not confirm the transaction: %s", exc, extra=_about(txn))
@@ -171,6 +195,10 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
             seen.abort(txn.transaction_id)
             log.warning("bus did not take the transaction: %s", exc, extra=_about(txn))
             return unavailable(_UNAVAILABLE)
+        except RejectedError as exc:
+            seen.abort(txn.transaction_id)
+            log.warning("bus refused the transaction: %s", exc, extra=_about(txn))
+            return jsonify(_REJECTED), 400
         except BaseException:
             seen.abort(txn.transaction_id)
             raise
@@ -203,6 +231,7 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
         claimed: list[tuple[int, Transaction]] = []
         first_of: dict[str, tuple[int, str]] = {}  # id -> (index, fingerprint) in this batch
         repeats: list[tuple[int, int, str, bool]] = []  # (index, first index, id, same content)
+        valid: list[tuple[int, Transaction]] = []
         for index, item in enumerate(items):
             try:
                 txn = parse_transaction(item)
@@ -215,6 +244,9 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
                 repeats.append((index, first, txn.transaction_id, mark == first_mark))
                 continue
             first_of[txn.transaction_id] = (index, mark)
+            valid.append((index, txn))
+        # Claimed in id order: two batches that share ids never wait on each other.
+        for index, txn in sorted(valid, key=lambda pair: pair[1].transaction_id):
             claim, answer = seen.claim(txn)
             if claim is Claim.CONFLICT:
                 results[index] = {"status": 409, **_conflict(txn.transaction_id)}
@@ -224,15 +256,18 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
                 claimed.append((index, txn))
         if claimed:
             try:
-                accepted = ingestor.submit_transactions([t for _, t in claimed])
-            except BackendError as exc:
+                with timed("ingestion", "publish"):
+                    accepted = ingestor.submit_transactions([t for _, t in claimed])
+                MESSAGES_PRODUCED.labels("ingestion", RAW_TRANSACTIONS).inc(len(accepted))
+            except (BackendError, RejectedError) as exc:
+                # Some of the batch may be on the bus already: each is answered as not known
+                # to be taken, and a retry with the same ids is safe downstream.
                 for index, txn in claimed:
                     seen.abort(txn.transaction_id)
-                    failure = _TIMEOUT if isinstance(exc, BackendTimeoutError) else _UNAVAILABLE
                     results[index] = {
                         "status": 503,
                         "transaction_id": txn.transaction_id,
-                        **failure,
+                        **_BATCH_FAILED,
                     }
                 log.warning("bus did not take a batch of %d: %s", len(claimed), exc)
             except BaseException:
@@ -262,7 +297,8 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
             }
         ), 200
 
-    add_ops_routes(app, "ingestion", checks(bus=bus))
+    # The public port says whether it is ready, not what the backends answered.
+    add_ops_routes(app, "ingestion", checks(bus=bus), detail=False)
     count_requests(app, "ingestion")
 
     document = openapi_document()
@@ -281,7 +317,11 @@ def create_app(settings: Settings | None = None, *, bus: Bus | None = None) -> F
         message = exc.description or exc.name
         if status == 413:
             message = f"the request body is larger than {settings.max_request_bytes} bytes"
-        return _problem(status, name, message)
+        response, status = _problem(status, name, message)
+        for header, value in exc.get_headers():
+            if header.lower() != "content-type":
+                response.headers[header] = value  # Allow on a 405, for one
+        return response, status
 
     return app
 

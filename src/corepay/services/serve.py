@@ -157,7 +157,9 @@ def _twin(settings: Settings, stop: threading.Event) -> None:
         worker.start()
         try:
             _serve_http(
-                create_twin_app(store, token=settings.twin_token, bus=bus),
+                create_twin_app(
+                    store, token=settings.twin_token, bus=bus, current=lambda: service.status
+                ),
                 settings.host,
                 settings.port or DEFAULT_PORTS["twin"],
                 stop,

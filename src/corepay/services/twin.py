@@ -89,10 +89,17 @@ class TwinService(ConsumerService):
         self.conflicts = 0
         self.customers: set[str] = set()
         self._rebuilt: set[int] = set()
+        #: ``"ok"`` once the twins it serves are current (read by the API's /readyz, from
+        #: another thread: only ever replaced, never mutated).
+        self.status = "starting"
 
     def handle(self, messages: Sequence[Message]) -> Handled:
         if not self.store.durable:
-            self._rebuild({tp.partition for tp in self.consumer.assignment()})
+            assigned = {tp.partition for tp in self.consumer.assignment()}
+            self._rebuild(assigned)
+            self.status = "ok" if assigned else "waiting for partitions of live_outcome"
+        else:
+            self.status = "ok"
         return self._apply(messages)
 
     def _rebuild(self, partitions: set[int]) -> None:
@@ -105,6 +112,7 @@ class TwinService(ConsumerService):
         self._rebuilt &= partitions
         fresh = partitions - self._rebuilt
         if fresh:
+            self.status = f"rebuilding twins of partitions {sorted(fresh)} from live_outcome"
             replayed = self.bus.replay(LIVE_OUTCOME, fresh)
             for start in range(0, len(replayed), self.max_records):
                 self._apply(replayed[start : start + self.max_records], dead_letters=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import Flask, Response, jsonify, request
 
 from corepay.auth import Credentials
@@ -13,18 +15,24 @@ from corepay.wire import twin_to_wire
 __all__ = ["create_twin_app"]
 
 
-def create_twin_app(store: TwinStore, *, token: str | None = None, bus: Bus | None = None) -> Flask:
+def create_twin_app(
+    store: TwinStore,
+    *,
+    token: str | None = None,
+    bus: Bus | None = None,
+    current: Callable[[], str] | None = None,
+) -> Flask:
     """The twin service's internal HTTP API.
 
     - ``GET /v1/twins/<customer_id>``: the twin (404 when the customer has none).
     - ``GET /v1/twins?customer_id=a&customer_id=b``: ``{"twins": [...]}`` for those that exist.
-    - ``GET /healthz``, ``GET /readyz`` (the store, and the bus when given, are reachable),
-      ``GET /metrics``.
+    - ``GET /healthz``, ``GET /readyz`` (the store, and the bus when given, are reachable,
+      and ``current()`` says ``"ok"``: the updater has the twins up to date), ``GET /metrics``.
 
     With ``token``, every ``/v1/`` request must send ``Authorization: Bearer <token>`` (401
     otherwise); the token may also be given in its hashed form, ``sha256:<hex>``.
     """
-    app = Flask("corepay.twin")
+    app = Flask("corepay.twin", static_folder=None)
     accepted = None if token is None else Credentials([token], what="COREPAY_TWIN_TOKEN")
 
     @app.before_request
@@ -58,7 +66,8 @@ def create_twin_app(store: TwinStore, *, token: str | None = None, bus: Bus | No
         twins = store.get_many(ids)
         return jsonify({"twins": [twin_to_wire(t) for t in twins.values()]}), 200
 
-    add_ops_routes(app, "twin", checks(store=store, bus=bus))
+    more = {} if current is None else {"twins": current}
+    add_ops_routes(app, "twin", checks(store=store, bus=bus, **more))
     count_requests(app, "twin")
 
     return app

@@ -8,6 +8,7 @@ SIGTERM stops accepting, lets the requests in hand finish (``graceful_timeout``)
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,15 +21,37 @@ __all__ = ["serve_wsgi"]
 log = logging.getLogger(__name__)
 
 
-class _JsonLogger(Logger):  # type: ignore[misc]
-    """gunicorn's logger, writing its lines with CorePay's JSON formatter."""
+_BEARER = re.compile(r"(?i)(bearer)\s+[^\s'\"]+")
+
+
+class _Redact(logging.Filter):
+    """Hides bearer credentials in gunicorn's lines (it quotes a malformed header whole)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _BEARER.sub(r"\1 [redacted]", message)
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+class _Logger(Logger):  # type: ignore[misc]
+    """gunicorn's logger: credentials redacted, and lines in JSON when CorePay's are."""
+
+    json = True
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
         from corepay.observability import JsonFormatter
 
         for handler in [*self.error_log.handlers, *self.access_log.handlers]:
-            handler.setFormatter(JsonFormatter())
+            handler.addFilter(_Redact())
+            if self.json:
+                handler.setFormatter(JsonFormatter())
+
+
+class _TextLogger(_Logger):
+    json = False
 
 
 class _Application(BaseApplication):  # type: ignore[misc]
@@ -83,8 +106,8 @@ def serve_wsgi(
         "limit_request_fields": 100,
         "limit_request_field_size": 8190,
     }
-    if log_format == "json":  # gunicorn's own lines as JSON too, like every other line
-        options["logger_class"] = _JsonLogger
+    # gunicorn's own lines as JSON too, like every other line; never with a credential.
+    options["logger_class"] = _Logger if log_format == "json" else _TextLogger
     log.info(
         "ingestion on gunicorn: %d worker(s) x %d thread(s) on %s:%d", workers, threads, host, port
     )
