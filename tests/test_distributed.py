@@ -130,11 +130,12 @@ class Services:
         for name in (*engines, *detectors):
             self.wait_http(self.ops_ports[name], deadline)
 
-    def wait_http(self, port: int, deadline: float) -> None:
-        """Until the service on ``port`` is ready (its bus and store reachable)."""
+    def wait_http(self, port: int, deadline: float, probe: str = "/readyz") -> None:
+        """Until the service on ``port`` is ready (its bus and store reachable, a twin
+        service's twins rebuilt), or with ``probe="/healthz"`` only alive."""
         while time.monotonic() < deadline:
             try:
-                if _get(f"http://127.0.0.1:{port}/readyz")[0] == 200:
+                if _get(f"http://127.0.0.1:{port}{probe}")[0] == 200:
                     return
             except OSError:
                 pass
@@ -418,8 +419,8 @@ def test_engine_twin_and_detector_killed_in_turn_mid_stream_lose_and_repeat_noth
         assert sender.is_alive()  # mid-stream
         services.kill(name)
         services.start(f"{name}-2", *args)
-        if name == "twin":
-            services.wait_http(services.twin_port, deadline)
+        if name == "twin":  # up again; it rebuilds its twins while the stream goes on
+            services.wait_http(services.twin_port, deadline, probe="/healthz")
         time.sleep(1.0)
     sender.join(timeout=120)
     _check_invariants(services, {r["transaction_id"] for r in requests})
@@ -456,6 +457,6 @@ def test_a_twin_service_killed_mid_stream_loses_nothing_and_double_counts_nothin
     assert sender.is_alive()
     services.kill("twin")
     services.start("twin-2", "twin", "--port", str(services.twin_port), "--store", store)
-    services.wait_http(services.twin_port, deadline)
+    services.wait_http(services.twin_port, deadline, probe="/healthz")
     sender.join(timeout=120)
     _check_invariants(services, {r["transaction_id"] for r in requests})
