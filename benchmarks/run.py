@@ -434,8 +434,24 @@ def _table(r: dict[str, Any]) -> str:
             f"bare kafka-python: produce {k['produce_per_s']:,.0f} msg/s, consume "
             f"{k['consume_per_s']:,.0f} msg/s ({k['bytes_per_message']} B messages)"
         )
-    if "kafka_pipeline" in r:
-        lines.append(f"kafka pipeline: {json.dumps(r['kafka_pipeline'])[:2000]}")
+    k = r.get("kafka_pipeline")
+    if k and "rates" in k:
+        for x in k["rates"]:
+            lat = x["latency_ms"]
+            lines.append(
+                f"over Kafka, {x['offered_tps']:>6,.0f} txn/s offered: {x['resolved_tps']:>7,.0f} "
+                f"resolved/s  ingestion->verdict p50 {lat['p50']:,.0f} ms  p99 {lat['p99']:,.0f} "
+                f"ms  p99.9 {lat['p99.9']:,.0f} ms  ({x['unresolved']} unresolved)"
+            )
+        lines.append(f"over Kafka, flat out: {k['max_sustained_tps']:,.0f} txn/s resolved")
+        if "baseline_kafka" in r:
+            bare = min(r["baseline_kafka"]["produce_per_s"], r["baseline_kafka"]["consume_per_s"])
+            lines.append(
+                f"CorePay over Kafka vs bare kafka-python: overhead x"
+                f"{bare / k['max_sustained_tps']:.1f} (bare rate / CorePay rate)"
+            )
+    elif k:
+        lines.append(f"over Kafka: {k}")
     return "\n".join(lines)
 
 
