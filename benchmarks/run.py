@@ -48,11 +48,10 @@ from corepay import MemoryBus, MemoryTwinStore, Pipeline, TrafficGenerator
 from corepay.divergence import DivergenceDetector
 from corepay.features import FEATURES, feature_matrix
 from corepay.gateway import SimulatedGateway
-from corepay.models import Decision, Outcome, Timings
-from corepay.models import Path as OutcomePath
+from corepay.models import Decision
 from corepay.scoring import DecisionPolicy
 from corepay.training import default_model
-from corepay.twin import apply_outcome
+from corepay.twin import apply_outcome, live_decision
 from corepay.wire import decode_outcome, encode_outcome, encode_twin, parse_transaction
 
 HERE = Path(__file__).resolve().parent
@@ -123,16 +122,7 @@ def baseline_python(count: int, customers: int, batch_size: int) -> dict[str, An
                     decision = Decision.REVIEW
             diverged += decision is not predicted
             twins[txn.customer_id] = apply_outcome(
-                twins.get(txn.customer_id),
-                Outcome(
-                    transaction=txn,
-                    path=OutcomePath.LIVE,
-                    decision=decision,
-                    score=None,
-                    reasons=(),
-                    model_version="baseline",
-                    timings=Timings(decided_at=txn.timestamp, elapsed_ms=0.0),
-                ),
+                twins.get(txn.customer_id), live_decision(txn, decision, "baseline")
             )
     elapsed = time.perf_counter() - started
     return {
@@ -270,18 +260,7 @@ def _load(
 def memory(customers: int, per_customer: int, pending: int) -> dict[str, Any]:
     requests = _requests(customers * per_customer, customers)
     txns = [parse_transaction(r) for r in requests]
-    outcomes = [
-        Outcome(
-            transaction=t,
-            path=OutcomePath.LIVE,
-            decision=Decision.APPROVE,
-            score=0.1,
-            reasons=(),
-            model_version="bench",
-            timings=Timings(decided_at=t.timestamp, elapsed_ms=0.0),
-        )
-        for t in txns
-    ]
+    outcomes = [live_decision(t, Decision.APPROVE, "bench") for t in txns]
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]

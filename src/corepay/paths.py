@@ -25,7 +25,7 @@ from corepay.gateway import GatewayResponse, PaymentGateway
 from corepay.models import Decision, Outcome, Path, Timings, Transaction, Twin
 from corepay.riskmodel import RiskModel
 from corepay.scoring import DecisionPolicy, Thresholds
-from corepay.twin import apply_outcomes
+from corepay.twin import apply_outcomes, live_decision
 from corepay.twin_client import TwinClient
 
 __all__ = ["DecisionPath", "LivePath", "SimulationPath", "policy_for"]
@@ -301,22 +301,12 @@ class SimulationPath(DecisionPath):
             missing = [p for p in pending if p.transaction_id != txn.transaction_id]
             lags.append(len(missing))
             if missing:
-                fresher[i] = apply_outcomes(twin, [_assumed_approved(p) for p in missing])  # type: ignore[assignment]
+                fresher[i] = apply_outcomes(
+                    twin, [live_decision(p, Decision.APPROVE, "assumed") for p in missing]
+                )  # type: ignore[assignment]
             if txn.transaction_id not in shown and all(
                 p.transaction_id != txn.transaction_id for p in pending
             ):
                 pending.append(txn)
                 del pending[: -self.pending_per_customer]
         return lags, fresher
-
-
-def _assumed_approved(txn: Transaction) -> Outcome:
-    return Outcome(
-        transaction=txn,
-        path=Path.LIVE,
-        decision=Decision.APPROVE,
-        score=None,
-        reasons=(),
-        model_version="assumed",
-        timings=Timings(decided_at=txn.timestamp, elapsed_ms=0.0),
-    )

@@ -22,7 +22,7 @@ import numpy as np
 from corepay.errors import CorepayError
 from corepay.features import FEATURES, feature_matrix
 from corepay.gateway import SimulatedGateway
-from corepay.models import Decision, Outcome, Path, Timings, Transaction, Twin
+from corepay.models import Decision, Transaction, Twin
 from corepay.riskmodel import (
     PATH_FEATURES,
     LogisticRegression,
@@ -32,7 +32,7 @@ from corepay.riskmodel import (
 )
 from corepay.scoring import DecisionPolicy, Thresholds
 from corepay.traffic import Label, TrafficGenerator
-from corepay.twin import apply_outcome
+from corepay.twin import apply_outcome, live_decision
 from corepay.wire import parse_transaction
 
 __all__ = [
@@ -118,7 +118,7 @@ def build_dataset(
     before: list[Twin | None] = []
     for txn, decision in zip(txns, decisions, strict=True):
         before.append(twins.get(txn.customer_id))
-        twins[txn.customer_id] = apply_outcome(before[-1], _outcome(txn, decision))
+        twins[txn.customer_id] = apply_outcome(before[-1], live_decision(txn, decision, "training"))
     matrix = feature_matrix(txns, before, FEATURES)
     y = np.fromiter((label.is_fraud for label in labels), np.float64, len(labels))
     return Dataset(tuple(txns), tuple(labels), matrix, y)
@@ -145,18 +145,6 @@ def _live_decisions(
                 decision = Decision.APPROVE if answer.approved else Decision.DECLINE
         decisions.append(decision)
     return decisions
-
-
-def _outcome(txn: Transaction, decision: Decision) -> Outcome:
-    return Outcome(
-        transaction=txn,
-        path=Path.LIVE,
-        decision=decision,
-        score=None,
-        reasons=(),
-        model_version="training",
-        timings=Timings(decided_at=txn.timestamp, elapsed_ms=0.0),
-    )
 
 
 def roc_auc(y: np.ndarray, scores: np.ndarray) -> float:

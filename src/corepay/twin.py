@@ -18,9 +18,9 @@ from datetime import datetime
 
 import attrs
 
-from corepay.models import Decision, HistoryEntry, Outcome, Path, Twin
+from corepay.models import Decision, HistoryEntry, Outcome, Path, Timings, Transaction, Twin
 
-__all__ = ["TwinPolicy", "apply_outcome", "apply_outcomes"]
+__all__ = ["TwinPolicy", "apply_outcome", "apply_outcomes", "live_decision"]
 
 # Wide enough that sums of squares of the largest amounts (15 integer digits, 4 places) over
 # billions of transactions stay exact, so statistics never depend on the order of updates.
@@ -40,6 +40,20 @@ class TwinPolicy:
 
     history_size: int = attrs.field(default=20, validator=attrs.validators.ge(1))
     dedup_window: int = attrs.field(default=1000, validator=attrs.validators.ge(1))
+
+
+def live_decision(txn: Transaction, decision: Decision, model_version: str) -> Outcome:
+    """A live outcome that records only the decision (what a twin learns from a payment), for
+    replaying or projecting a customer's history outside the pipeline."""
+    return Outcome(
+        transaction=txn,
+        path=Path.LIVE,
+        decision=decision,
+        score=None,
+        reasons=(),
+        model_version=model_version,
+        timings=Timings(decided_at=txn.timestamp, elapsed_ms=0.0),
+    )
 
 
 def _history_key(entry: HistoryEntry) -> tuple[datetime, str]:
