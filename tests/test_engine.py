@@ -27,10 +27,11 @@ from corepay import (
 from corepay.divergence import DivergenceDetector, classify
 from corepay.errors import BackendTimeoutError, UnavailableError
 from corepay.http_gateway import HttpGateway
-from corepay.models import AlertKind, Outcome, Path, Timings, Transaction, Twin
+from corepay.models import AlertKind, Outcome, Path, Transaction, Twin
 from corepay.paths import DecisionPath
 from corepay.services.twin import update_twin
 from corepay.services.twin_api import create_twin_app
+from corepay.twin import live_decision
 from corepay.twin_client import TwinClient
 
 
@@ -175,15 +176,7 @@ def test_the_simulation_path_stamps_how_far_behind_the_twin_it_read_was() -> Non
 
 
 def _approved(txn: Transaction) -> Outcome:
-    return Outcome(
-        transaction=txn,
-        path=Path.LIVE,
-        decision=Decision.APPROVE,
-        score=0.0,
-        reasons=(),
-        model_version="test",
-        timings=Timings(decided_at=txn.timestamp, elapsed_ms=0.0),
-    )
+    return live_decision(txn, Decision.APPROVE, "test")
 
 
 def test_a_disagreement_on_a_stale_twin_is_told_apart() -> None:

@@ -7,6 +7,7 @@ import itertools
 from datetime import timedelta
 from pathlib import Path
 
+import attrs
 import joblib
 import numpy as np
 import pytest
@@ -25,12 +26,11 @@ from corepay.features import (
     transaction_features,
     twin_features,
 )
-from corepay.models import Decision, Outcome, Timings, Transaction, Twin
-from corepay.models import Path as OutcomePath
+from corepay.models import Decision, Transaction, Twin
 from corepay.riskmodel import LogisticRegression, ModelMetadata, RiskModel, load_model, save_model
 from corepay.scoring import DecisionPolicy, Thresholds
 from corepay.training import TrainingConfig, build_dataset, default_model, roc_auc, train
-from corepay.twin import apply_outcome
+from corepay.twin import apply_outcome, live_decision
 from corepay.wire import decode_outcome
 from strategies import transactions
 
@@ -40,22 +40,10 @@ def _txns(n: int, customers: int = 20, seed: int = 0) -> list[Transaction]:
     return [parse_transaction(r) for r in generator.requests(n)]
 
 
-def _live(txn: Transaction, decision: Decision = Decision.APPROVE) -> Outcome:
-    return Outcome(
-        transaction=txn,
-        path=OutcomePath.LIVE,
-        decision=decision,
-        score=0.1,
-        reasons=(),
-        model_version="test",
-        timings=Timings(decided_at=txn.timestamp, elapsed_ms=0.0),
-    )
-
-
 def _twin_of(txns: list[Transaction], decision: Decision = Decision.APPROVE) -> Twin:
     twin: Twin | None = None
     for txn in txns:
-        twin = apply_outcome(twin, _live(txn, decision))
+        twin = apply_outcome(twin, live_decision(txn, decision, "test"))
     assert twin is not None
     return twin
 
@@ -115,7 +103,7 @@ def test_twin_features_follow_the_history(txns):
 def test_velocity_counts_the_payments_in_each_window_before_this_one():
     first = _txns(1)[0]
     burst = [
-        first.__class__(**{**_fields(first), "transaction_id": f"t{i}", "timestamp": at})
+        attrs.evolve(first, transaction_id=f"t{i}", timestamp=at)
         for i, at in enumerate(
             first.timestamp + timedelta(minutes=m) for m in (0, 1000, 1400, 1439, 1445, 1448)
         )
@@ -129,23 +117,6 @@ def test_velocity_counts_the_payments_in_each_window_before_this_one():
     assert row["log_since_last"] == pytest.approx(np.log10(181.0))
     assert row["decline_rate"] == 1.0 and row["thin_history"] == 0.0
     assert row["new_merchant"] == 0.0
-
-
-def _fields(txn: Transaction) -> dict:
-    return {
-        f: getattr(txn, f)
-        for f in (
-            "transaction_id",
-            "customer_id",
-            "amount",
-            "currency",
-            "merchant_id",
-            "merchant_category",
-            "country",
-            "channel",
-            "timestamp",
-        )
-    }
 
 
 def test_unknown_or_repeated_features_are_refused_by_name():
