@@ -3,9 +3,9 @@
 They are real implementations with the semantics of Kafka and Couchbase, not shortcuts:
 messages are partitioned by key hash, consumer groups split partitions with Kafka's range
 assignment (so co-partitioned topics go to the same member), polled-but-uncommitted messages
-are redelivered after a member leaves, a commit for a partition the member lost fails, twins are
-stored serialized, and a stale compare-and-swap raises :class:`~corepay.errors.ConflictError`.
-Both are thread-safe and live only as long as the process.
+are redelivered after a member leaves, a commit for a partition the member lost fails, a twin
+is kept as the immutable value it is, and a stale compare-and-swap raises
+:class:`~corepay.errors.ConflictError`. Both are thread-safe and live only as long as the process.
 
 URL: ``memory://`` (options: ``?partitions=N`` for the bus, default 4).
 """
@@ -22,7 +22,7 @@ from corepay.bus import Bus, Consumer, Delivery, Message, TopicPartition
 from corepay.errors import CommitFailedError, ConfigurationError, ConflictError
 from corepay.models import Twin
 from corepay.store import TwinStore
-from corepay.wire import decode_twin, encode_twin
+from corepay.wire import encode_twin
 
 __all__ = ["MemoryBus", "MemoryTwinStore", "partition_for"]
 
@@ -253,13 +253,18 @@ class MemoryConsumer(Consumer):
 
 
 class MemoryTwinStore(TwinStore):
-    """Twins kept serialized in a dict, with compare-and-swap on the twin version."""
+    """Twins kept in a dict, with compare-and-swap on the twin version.
+
+    A :class:`Twin` is an immutable value, so the store keeps the object it is given and hands
+    the same object back: no document is encoded or decoded on this path (the Couchbase store
+    holds :func:`encode_twin` documents).
+    """
 
     durable = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._docs: dict[str, tuple[int, bytes]] = {}
+        self._twins: dict[str, Twin] = {}
 
     @classmethod
     def from_url(
@@ -272,31 +277,30 @@ class MemoryTwinStore(TwinStore):
         return cls()
 
     def get(self, customer_id: str) -> Twin | None:
-        entry = self._docs.get(customer_id)
-        return None if entry is None else decode_twin(entry[1])
+        return self._twins.get(customer_id)
 
     def compare_and_set(self, twin: Twin, *, expected_version: int | None) -> None:
-        doc = encode_twin(twin)
         with self._lock:
-            current = self._docs.get(twin.customer_id)
-            found = None if current is None else current[0]
+            current = self._twins.get(twin.customer_id)
+            found = None if current is None else current.version
             if found != expected_version:
                 raise ConflictError(
                     f"twin {twin.customer_id!r} is at version {found}, "
                     f"not the expected {expected_version}"
                 )
-            self._docs[twin.customer_id] = (twin.version, doc)
+            self._twins[twin.customer_id] = twin
 
     def __len__(self) -> int:
-        return len(self._docs)
+        return len(self._twins)
 
     def __iter__(self) -> Iterator[Twin]:
         """Every twin, in customer-id order."""
         with self._lock:
-            docs = sorted(self._docs.items())
-        return (decode_twin(doc) for _, (_, doc) in docs)
+            twins = sorted(self._twins.items())
+        return (twin for _, twin in twins)
 
     def size_bytes(self) -> int:
-        """Total size of the stored twin documents."""
+        """Total size of the twins as stored documents (:func:`encode_twin`)."""
         with self._lock:
-            return sum(len(doc) for _, doc in self._docs.values())
+            twins = list(self._twins.values())
+        return sum(len(encode_twin(t)) for t in twins)
