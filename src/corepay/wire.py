@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import orjson
 import pycountry
 
 from corepay.errors import DecodeError, FieldError, ValidationError
@@ -227,7 +228,7 @@ _FIELD_RULES: dict[str, Callable[[Any], Any]] = {
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(obj)  # compact UTF-8, as json.dumps(separators=(",", ":")) but faster
 
 
 def _time(value: datetime | None) -> str | None:
@@ -346,10 +347,8 @@ def _load(data: bytes | str | Mapping[str, Any], what: str) -> Mapping[str, Any]
     if isinstance(data, Mapping):
         return data
     try:
-        obj = json.loads(data)
-    except RecursionError:
-        raise DecodeError(f"{what} is nested too deeply") from None
-    except ValueError as exc:  # bad JSON, bad UTF-8, or a number too long to convert
+        obj = orjson.loads(data)
+    except ValueError as exc:  # bad JSON, bad UTF-8, too deeply nested, an integer too big
         raise DecodeError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise DecodeError(f"{what} must be a JSON object, got {type(obj).__name__}")
