@@ -119,6 +119,41 @@ def test_velocity_counts_the_payments_in_each_window_before_this_one():
     assert row["new_merchant"] == 0.0
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 3000), min_size=1, max_size=20),
+    st.data(),
+)
+def test_velocities_and_recency_match_counting_the_history_directly(minutes, data):
+    # Often exactly a window's length after a payment in the history: the edges count.
+    now = data.draw(
+        st.integers(0, 3000)
+        | st.tuples(st.sampled_from(minutes), st.sampled_from((0, 10, 60, 1440))).map(sum)
+    )
+    first = _txns(1)[0]
+    start = first.timestamp
+    history = [
+        attrs.evolve(first, transaction_id=f"t{i}", timestamp=start + timedelta(minutes=m))
+        for i, m in enumerate(minutes)
+    ]
+    at = start + timedelta(minutes=now)
+    twin = _twin_of(history)
+    row = dict(
+        zip(
+            TWIN_FEATURES,
+            twin_features([attrs.evolve(first, transaction_id="now", timestamp=at)], [twin])[0],
+            strict=True,
+        )
+    )
+    earlier = [h.timestamp for h in twin.history if h.timestamp < at]
+    for name, window in (("velocity_10m", 10), ("velocity_1h", 60), ("velocity_24h", 1440)):
+        assert row[name] == sum(1 for ts in earlier if ts >= at - timedelta(minutes=window))
+    if earlier:
+        assert row["log_since_last"] == pytest.approx(
+            np.log10(1.0 + (at - max(earlier)).total_seconds())
+        )
+
+
 def test_unknown_or_repeated_features_are_refused_by_name():
     txns = _txns(3)
     with pytest.raises(ConfigurationError, match="unknown features \\['shoe_size'\\]"):

@@ -37,6 +37,7 @@ twin gets the no-history row, see :data:`NO_HISTORY`):
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -228,10 +229,11 @@ def _twin_row(txn: Transaction, twin: Twin | None) -> tuple[float, ...]:
     ratio = min(max(math.log10(amount / max(mean, 0.01)), -2.0), 3.0)
     zscore = min(max((amount - mean) / max(std, 0.25 * mean, 0.01), -3.0), 10.0)
     at = txn.timestamp
-    earlier = [h.timestamp for h in twin.history if h.timestamp < at]
-    velocities = [float(sum(1 for ts in earlier if ts >= at - w)) for w in _WINDOWS]
-    if earlier:
-        since = math.log10(1.0 + (at - max(earlier)).total_seconds())
+    stamps = sorted([h.timestamp for h in twin.history])
+    before = bisect.bisect_left(stamps, at)  # stamps[:before] are the payments before this one
+    velocities = [float(before - bisect.bisect_left(stamps, at - w, 0, before)) for w in _WINDOWS]
+    if before:
+        since = math.log10(1.0 + (at - stamps[before - 1]).total_seconds())
     elif twin.last_seen < at:
         since = math.log10(1.0 + (at - twin.last_seen).total_seconds())
     else:
