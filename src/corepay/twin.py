@@ -12,9 +12,8 @@ The rules make updates safe under Kafka's at-least-once delivery:
 from __future__ import annotations
 
 import decimal
-from collections import Counter
-from collections.abc import Iterable
-from datetime import datetime
+import operator
+from collections.abc import Iterable, Mapping
 
 import attrs
 
@@ -25,6 +24,7 @@ __all__ = ["TwinPolicy", "apply_outcome", "apply_outcomes", "live_decision"]
 # Wide enough that sums of squares of the largest amounts (15 integer digits, 4 places) over
 # billions of transactions stay exact, so statistics never depend on the order of updates.
 _EXACT = decimal.Context(prec=80, traps=[decimal.Inexact, decimal.InvalidOperation])
+_ZERO = decimal.Decimal(0)
 
 
 @attrs.frozen
@@ -56,8 +56,14 @@ def live_decision(txn: Transaction, decision: Decision, model_version: str) -> O
     )
 
 
-def _history_key(entry: HistoryEntry) -> tuple[datetime, str]:
-    return (entry.timestamp, entry.transaction_id)
+_history_key = operator.attrgetter("timestamp", "transaction_id")
+
+
+def _counted(counts: Mapping[str, int] | None, keys: Iterable[str]) -> dict[str, int]:
+    out = dict(counts) if counts else {}
+    for key in keys:
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def apply_outcomes(
@@ -101,35 +107,29 @@ def apply_outcome(twin: Twin | None, outcome: Outcome, policy: TwinPolicy = Twin
 
 def _merge(twin: Twin | None, fresh: list[Outcome], policy: TwinPolicy) -> Twin:
     txns = [o.transaction for o in fresh]
-    decisions = Counter(o.decision for o in fresh)
+    decisions = [o.decision for o in fresh]
     amounts = [t.amount for t in txns]
-    merchants = Counter(twin.merchants if twin else {})
-    merchants.update(t.merchant_id for t in txns)
-    countries = Counter(twin.countries if twin else {})
-    countries.update(t.country for t in txns)
-    channels = Counter(twin.channels if twin else {})
-    channels.update(t.channel for t in txns)
     entries = [
         HistoryEntry(
-            transaction_id=o.transaction_id,
-            timestamp=o.transaction.timestamp,
-            amount=o.transaction.amount,
-            merchant_id=o.transaction.merchant_id,
-            country=o.transaction.country,
-            channel=o.transaction.channel,
+            transaction_id=t.transaction_id,
+            timestamp=t.timestamp,
+            amount=t.amount,
+            merchant_id=t.merchant_id,
+            country=t.country,
+            channel=t.channel,
             decision=o.decision,
         )
-        for o in fresh
+        for o, t in zip(fresh, txns, strict=True)
     ]
     history = sorted([*(twin.history if twin else ()), *entries], key=_history_key)
     applied = (*(twin.applied if twin else ()), *(o.transaction_id for o in fresh))
     first = min(t.timestamp for t in txns)
     last = max(t.timestamp for t in txns)
-    with decimal.localcontext(_EXACT):
-        amount_sum = sum(amounts, twin.amount_sum if twin else decimal.Decimal(0))
-        amount_sumsq = sum(
-            (a * a for a in amounts), twin.amount_sumsq if twin else decimal.Decimal(0)
-        )
+    amount_sum = twin.amount_sum if twin else _ZERO
+    amount_sumsq = twin.amount_sumsq if twin else _ZERO
+    for a in amounts:
+        amount_sum = _EXACT.add(amount_sum, a)
+        amount_sumsq = _EXACT.add(amount_sumsq, _EXACT.multiply(a, a))
     return Twin(
         customer_id=fresh[0].customer_id,
         version=(twin.version if twin else 0) + 1,
@@ -138,14 +138,14 @@ def _merge(twin: Twin | None, fresh: list[Outcome], policy: TwinPolicy) -> Twin:
         count=(twin.count if twin else 0) + len(fresh),
         amount_sum=amount_sum,
         amount_sumsq=amount_sumsq,
-        amount_min=min([*amounts, *((twin.amount_min,) if twin else ())]),
-        amount_max=max([*amounts, *((twin.amount_max,) if twin else ())]),
-        approvals=(twin.approvals if twin else 0) + decisions[Decision.APPROVE],
-        declines=(twin.declines if twin else 0) + decisions[Decision.DECLINE],
-        reviews=(twin.reviews if twin else 0) + decisions[Decision.REVIEW],
-        merchants=dict(merchants),
-        countries=dict(countries),
-        channels=dict(channels),
+        amount_min=min(amounts) if twin is None else min(twin.amount_min, *amounts),
+        amount_max=max(amounts) if twin is None else max(twin.amount_max, *amounts),
+        approvals=(twin.approvals if twin else 0) + decisions.count(Decision.APPROVE),
+        declines=(twin.declines if twin else 0) + decisions.count(Decision.DECLINE),
+        reviews=(twin.reviews if twin else 0) + decisions.count(Decision.REVIEW),
+        merchants=_counted(twin.merchants if twin else None, (t.merchant_id for t in txns)),
+        countries=_counted(twin.countries if twin else None, (t.country for t in txns)),
+        channels=_counted(twin.channels if twin else None, (t.channel for t in txns)),
         history=tuple(history[-policy.history_size :]),
         applied=applied[-policy.dedup_window :],
     )
