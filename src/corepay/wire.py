@@ -72,6 +72,7 @@ TRANSACTION_FIELDS = (
     "timestamp",
 )
 _OPTIONAL_FIELDS = ("schema_version",)
+_KNOWN_FIELDS = frozenset((*TRANSACTION_FIELDS, *_OPTIONAL_FIELDS))
 
 _ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _MCC = re.compile(r"[0-9]{4}")
@@ -120,11 +121,12 @@ def parse_transaction(data: Any) -> Transaction:
     if not isinstance(data, Mapping):
         raise ValidationError([FieldError("body", "must be a JSON object")])
     errors: list[FieldError] = []
-    errors.extend(
-        FieldError(str(name), "is not a known field")
-        for name in data
-        if name not in TRANSACTION_FIELDS and name not in _OPTIONAL_FIELDS
-    )
+    if not _KNOWN_FIELDS.issuperset(data):
+        errors.extend(
+            FieldError(str(name), "is not a known field")
+            for name in data
+            if name not in _KNOWN_FIELDS
+        )
     version = data.get("schema_version", SCHEMA_VERSION)
     if type(version) is not int or version != SCHEMA_VERSION:
         errors.append(FieldError("schema_version", f"must be {SCHEMA_VERSION} when given"))
@@ -200,10 +202,14 @@ def _timestamp(value: Any) -> datetime:
             'must be an RFC 3339 date-time with an offset, such as "2026-11-24T09:30:00Z"'
         )
     date, time, fraction, offset = match.groups()
-    fraction = (fraction or "")[:7]  # Python keeps microseconds; finer digits are dropped.
-    offset = "+00:00" if offset in ("Z", "z") else offset
+    if value[10] == "T" and offset != "z" and (fraction is None or len(fraction) <= 7):
+        text = value  # already in a form fromisoformat reads, as CorePay itself writes it
+    else:
+        fraction = (fraction or "")[:7]  # Python keeps microseconds; finer digits are dropped.
+        offset = "+00:00" if offset in ("Z", "z") else offset
+        text = f"{date}T{time}{fraction}{offset}"
     try:
-        moment = datetime.fromisoformat(f"{date}T{time}{fraction}{offset}")
+        moment = datetime.fromisoformat(text)
     except ValueError as exc:
         raise ValueError(f"is not a valid date-time: {exc}") from None
     if not _EARLIEST <= moment <= _LATEST:
