@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import http.client
-import json
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from urllib.parse import quote, urlsplit
+
+import orjson
 
 from corepay.errors import BackendTimeoutError, ConfigurationError, DecodeError, UnavailableError
 from corepay.models import Twin
@@ -126,7 +127,7 @@ class HttpTwinClient(TwinClient):
             query = "&".join(f"customer_id={quote(c)}" for c in ids[start : start + self.chunk])
             body = self._get(f"/v1/twins?{query}")
             try:
-                docs = json.loads(body)["twins"]
+                docs = orjson.loads(body)["twins"]
                 for doc in docs:
                     twin = decode_twin(doc)
                     twins[twin.customer_id] = twin

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
 from flask import Flask, Response, jsonify, request
 
 from corepay.auth import Credentials
@@ -54,7 +55,7 @@ def create_twin_app(
             return jsonify(
                 {"error": "not_found", "message": f"no twin for customer {customer_id!r}"}
             ), 404
-        return jsonify(twin_to_wire(twin)), 200
+        return _json(twin_to_wire(twin)), 200
 
     @app.get("/v1/twins")
     def get_twins() -> tuple[Response, int]:
@@ -64,10 +65,16 @@ def create_twin_app(
                 {"error": "bad_request", "message": "give 1 to 1000 customer_id parameters"}
             ), 400
         twins = store.get_many(ids)
-        return jsonify({"twins": [twin_to_wire(t) for t in twins.values()]}), 200
+        return _json({"twins": [twin_to_wire(t) for t in twins.values()]}), 200
 
     more = {} if current is None else {"twins": current}
     add_ops_routes(app, "twin", checks(store=store, bus=bus, **more))
     count_requests(app, "twin")
 
     return app
+
+
+def _json(document: object) -> Response:
+    # The engine reads a batch's twins in one answer of up to a megabyte: orjson encodes it
+    # several times faster than Flask's JSON provider, which also sorts every key.
+    return Response(orjson.dumps(document), mimetype="application/json")
