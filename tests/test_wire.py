@@ -25,6 +25,7 @@ from corepay.wire import (
     encode_outcome,
     encode_transaction,
     encode_twin,
+    encode_twins,
     outcome_to_wire,
     parse_json,
     parse_transaction,
@@ -261,6 +262,17 @@ def test_twin_round_trips(twin: Any) -> None:
     assert decoded == twin
     assert decode_twin(twin_to_wire(twin)) == twin
     assert [type(v) for v in (decoded.amount_sum, decoded.amount_min)] == [Decimal, Decimal]
+
+
+@given(st.lists(cst.twins(), max_size=3))
+def test_encoded_twins_are_exactly_the_json_of_their_wire_form(twins: list[Any]) -> None:
+    # The encoder hands datetimes to orjson; the text must be what isoformat() gives.
+    def compact(obj: Any) -> bytes:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+    for twin in twins:
+        assert encode_twin(twin) == compact(twin_to_wire(twin))
+    assert encode_twins(twins) == compact({"twins": [twin_to_wire(t) for t in twins]})
 
 
 @settings(max_examples=100)

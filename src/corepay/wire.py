@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -44,6 +44,7 @@ __all__ = [
     "encode_outcome",
     "encode_transaction",
     "encode_twin",
+    "encode_twins",
     "outcome_to_wire",
     "parse_json",
     "parse_transaction",
@@ -82,6 +83,9 @@ _RFC3339 = re.compile(
 )
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+# Enum lookups by value through a dict: calling the enum costs several times more per message.
+_DECISIONS: dict[str, Decision] = {d.value: d for d in Decision}
+_PATHS: dict[str, Path] = {p.value: p for p in Path}
 _CURRENCIES = frozenset(c.alpha_3 for c in pycountry.currencies)
 _COUNTRIES = frozenset(c.alpha_2 for c in pycountry.countries)
 
@@ -296,12 +300,18 @@ def alert_to_wire(alert: DivergenceAlert) -> dict[str, Any]:
 
 
 def twin_to_wire(twin: Twin) -> dict[str, Any]:
+    return _twin_document(twin, datetime.isoformat)
+
+
+def _twin_document(twin: Twin, time: Callable[[datetime], Any]) -> dict[str, Any]:
+    # ``time`` is isoformat for a JSON-ready dict, or leaves the datetime to orjson, which
+    # writes the very same text several times faster (a twin carries ~20 of them).
     return {
         "schema_version": SCHEMA_VERSION,
         "customer_id": twin.customer_id,
         "version": twin.version,
-        "first_seen": twin.first_seen.isoformat(),
-        "last_seen": twin.last_seen.isoformat(),
+        "first_seen": time(twin.first_seen),
+        "last_seen": time(twin.last_seen),
         "count": twin.count,
         "amount_sum": str(twin.amount_sum),
         "amount_sumsq": str(twin.amount_sumsq),
@@ -317,7 +327,7 @@ def twin_to_wire(twin: Twin) -> dict[str, Any]:
         "history": [
             [
                 h.transaction_id,
-                h.timestamp.isoformat(),
+                time(h.timestamp),
                 str(h.amount),
                 h.merchant_id,
                 h.country,
@@ -343,7 +353,16 @@ def encode_alert(alert: DivergenceAlert) -> bytes:
 
 
 def encode_twin(twin: Twin) -> bytes:
-    return _dumps(twin_to_wire(twin))
+    return _dumps(_twin_document(twin, _as_is))
+
+
+def encode_twins(twins: Iterable[Twin]) -> bytes:
+    """``{"twins": [...]}``: the twin service's answer to a batch read."""
+    return _dumps({"twins": [_twin_document(t, _as_is) for t in twins]})
+
+
+def _as_is(value: datetime) -> datetime:
+    return value
 
 
 # --- decoding of CorePay's own messages --------------------------------------------------
@@ -392,14 +411,14 @@ def _outcome_from(d: Mapping[str, Any]) -> Outcome:
     t = d["timings"]
     return Outcome(
         transaction=_embedded_transaction(d["transaction"]),
-        path=Path(d["path"]),
-        decision=Decision(d["decision"]),
+        path=_PATHS[d["path"]],
+        decision=_DECISIONS[d["decision"]],
         score=None if d["score"] is None else float(d["score"]),
         reasons=tuple(d["reasons"]),
         model_version=d["model_version"],
         twin_version=d.get("twin_version"),
         twin_lag=d.get("twin_lag"),
-        fresh_decision=None if d.get("fresh_decision") is None else Decision(d["fresh_decision"]),
+        fresh_decision=None if d.get("fresh_decision") is None else _DECISIONS[d["fresh_decision"]],
         error=d.get("error"),
         timings=Timings(
             decided_at=datetime.fromisoformat(t["decided_at"]),
@@ -450,16 +469,17 @@ def decode_alert(data: bytes | str | Mapping[str, Any]) -> DivergenceAlert:
 
 
 def _twin_from(d: Mapping[str, Any]) -> Twin:
+    fromiso, decimal, decisions = datetime.fromisoformat, Decimal, _DECISIONS
     return Twin(
         customer_id=d["customer_id"],
         version=int(d["version"]),
-        first_seen=datetime.fromisoformat(d["first_seen"]),
-        last_seen=datetime.fromisoformat(d["last_seen"]),
+        first_seen=fromiso(d["first_seen"]),
+        last_seen=fromiso(d["last_seen"]),
         count=int(d["count"]),
-        amount_sum=Decimal(d["amount_sum"]),
-        amount_sumsq=Decimal(d["amount_sumsq"]),
-        amount_min=Decimal(d["amount_min"]),
-        amount_max=Decimal(d["amount_max"]),
+        amount_sum=decimal(d["amount_sum"]),
+        amount_sumsq=decimal(d["amount_sumsq"]),
+        amount_min=decimal(d["amount_min"]),
+        amount_max=decimal(d["amount_max"]),
         approvals=int(d["approvals"]),
         declines=int(d["declines"]),
         reviews=int(d["reviews"]),
@@ -467,16 +487,18 @@ def _twin_from(d: Mapping[str, Any]) -> Twin:
         countries=dict(d["countries"]),
         channels=dict(d["channels"]),
         history=tuple(
-            HistoryEntry(
-                transaction_id=h[0],
-                timestamp=datetime.fromisoformat(h[1]),
-                amount=Decimal(h[2]),
-                merchant_id=h[3],
-                country=h[4],
-                channel=h[5],
-                decision=Decision(h[6]),
-            )
-            for h in d["history"]
+            [
+                HistoryEntry(
+                    tid,
+                    fromiso(at),
+                    decimal(amount),
+                    merchant,
+                    country,
+                    channel,
+                    decisions[decision],
+                )
+                for tid, at, amount, merchant, country, channel, decision in d["history"]
+            ]
         ),
         applied=tuple(d["applied"]),
     )
