@@ -298,6 +298,9 @@ class KafkaBus(Bus):
                 )
                 for r in records
             ]
+            # Send now rather than after linger_ms: the caller waits for these acknowledgements
+            # anyway, so lingering would only add to every hop's latency.
+            producer.flush(timeout=self.publish_timeout)
             deadline = time.monotonic() + self.publish_timeout
             deliveries = []
             for future in futures:
