@@ -8,7 +8,8 @@ option                 default  meaning
 partitions             4        partitions of every topic CorePay creates (all equal, so the
                                 outcome topics stay co-partitioned)
 replication_factor     1        replicas of every topic CorePay creates
-linger_ms              5        producer: how long to wait to fill a batch
+linger_ms              5        producer: how long to wait to fill a batch (each publish
+                                flushes at once, since it waits for its acknowledgements)
 batch_size             65536    producer: most bytes per partition batch
 compression_type       none     producer: ``gzip``, ``snappy``, ``lz4``, ``zstd`` or ``none``
 publish_timeout        10       seconds a publish waits for the broker's acknowledgement
