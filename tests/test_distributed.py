@@ -34,6 +34,7 @@ from corepay import (
 )
 from corepay.backends.kafka import KafkaBus
 from corepay.bus import DIVERGENCE_ALERT, LIVE_OUTCOME, SIMULATION_OUTCOME
+from corepay.services.detector import DETECTOR_CHANGELOG
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -184,9 +185,11 @@ def services() -> Iterator[Services]:
 
 
 def _read_topics(ids: set[str], deadline: float) -> dict[str, list[dict]]:
-    """Both outcome topics and the alerts, from the start, for transactions in ``ids``: until
-    each outcome topic has all of them, then two seconds more, so any copy shows up too."""
-    topics = (LIVE_OUTCOME, SIMULATION_OUTCOME, DIVERGENCE_ALERT)
+    """Both outcome topics, the alerts and the detector's changelog, from the start, for
+    transactions in ``ids``: until each outcome topic has all of them and the detector has
+    resolved all of them (it writes a changelog entry only once a pair's alert is on the bus,
+    so after that no alert is still on its way), then two seconds more for any copy."""
+    topics = (LIVE_OUTCOME, SIMULATION_OUTCOME, DIVERGENCE_ALERT, DETECTOR_CHANGELOG)
     found: dict[str, list[dict]] = {t: [] for t in topics}
     complete_at: float | None = None
     with KafkaBus([BOOTSTRAP]) as bus, bus.consumer(f"test-{uuid.uuid4().hex}", topics) as reader:
@@ -197,7 +200,7 @@ def _read_topics(ids: set[str], deadline: float) -> dict[str, list[dict]]:
                     found[message.topic].append(value)
             if complete_at is None and all(
                 {v["transaction_id"] for v in found[t]} >= ids
-                for t in (LIVE_OUTCOME, SIMULATION_OUTCOME)
+                for t in (LIVE_OUTCOME, SIMULATION_OUTCOME, DETECTOR_CHANGELOG)
             ):
                 complete_at = time.monotonic() + 2.0
     return found
