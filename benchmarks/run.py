@@ -2,7 +2,8 @@
 
     python -m benchmarks.run [--quick] [--kafka HOST:PORT] [--json FILE]
 
-Prints a table and writes it as JSON (``benchmarks/results.json`` unless ``--json``). Parts:
+Prints a table and writes it as JSON (``benchmarks/results.json`` unless ``--json``), ending with
+whether each of the targets for a 2-core machine is met. Parts:
 
 1. ``in_process``: generated payments through the whole pipeline in one process on the memory
    backends (100,000 by default): transactions per second, and latency from the ingestion
@@ -372,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             results["kafka_pipeline"] = kafka_run(
                 args.kafka, [500, 1000, 2000], 5.0 if args.quick else 20.0, args.quick
             )
+    results["targets"] = [line for line in _targets(results) if line]
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(_table(results))
     print(f"\nwritten to {args.json}")
@@ -431,7 +433,45 @@ def _table(r: dict[str, Any]) -> str:
             )
     elif k:
         lines.append(f"over Kafka: {k}")
+    lines.extend(_targets(r))
     return "\n".join(lines)
+
+
+#: The issue's targets for this 2-core machine.
+TARGET_IN_PROCESS_TPS, TARGET_IN_PROCESS_P99_MS = 20_000, 2.0
+TARGET_KAFKA_TPS, TARGET_KAFKA_P99_MS, TARGET_KAFKA_AT_TPS = 3_000, 100.0, 1_000
+
+
+def _targets(r: dict[str, Any]) -> list[str]:
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    best = max(r["in_process"], key=lambda run: run["tps"])
+    lines = [
+        "",
+        f"target in process: >= {TARGET_IN_PROCESS_TPS:,} txn/s with p99 <= "
+        f"{TARGET_IN_PROCESS_P99_MS:g} ms: best run {best['tps']:,.0f} txn/s, p99 "
+        f"{best['latency_ms']['p99']:.1f} ms (batch {best['batch_size']}): "
+        + verdict(
+            best["tps"] >= TARGET_IN_PROCESS_TPS
+            and best["latency_ms"]["p99"] <= TARGET_IN_PROCESS_P99_MS
+        ),
+    ]
+    k = r.get("kafka_pipeline")
+    if k and "rates" in k:
+        at = [x for x in k["rates"] if x["offered_tps"] == TARGET_KAFKA_AT_TPS]
+        p99 = at[0]["latency_ms"]["p99"] if at else None
+        lines.append(
+            f"target over Kafka: >= {TARGET_KAFKA_TPS:,} txn/s sustained: "
+            f"{k['max_sustained_tps']:,.0f}: {verdict(k['max_sustained_tps'] >= TARGET_KAFKA_TPS)}"
+            f"; p99 <= {TARGET_KAFKA_P99_MS:g} ms at {TARGET_KAFKA_AT_TPS:,} offered: "
+            + (
+                "not measured"
+                if p99 is None
+                else f"{p99:,.0f} ms: " + verdict(p99 <= TARGET_KAFKA_P99_MS)
+            )
+        )
+    return lines
 
 
 if __name__ == "__main__":
