@@ -8,8 +8,7 @@ option                 default  meaning
 partitions             4        partitions of every topic CorePay creates (all equal, so the
                                 outcome topics stay co-partitioned)
 replication_factor     1        replicas of every topic CorePay creates
-linger_ms              5        producer: how long to wait to fill a batch (each publish
-                                flushes at once, since it waits for its acknowledgements)
+linger_ms              5        producer: how long to wait to fill a batch
 batch_size             65536    producer: most bytes per partition batch
 compression_type       none     producer: ``gzip``, ``snappy``, ``lz4``, ``zstd`` or ``none``
 publish_timeout        10       seconds a publish waits for the broker's acknowledgement
@@ -299,9 +298,6 @@ class KafkaBus(Bus):
                 )
                 for r in records
             ]
-            # Send now rather than after linger_ms: the caller waits for these acknowledgements
-            # anyway, so lingering would only add to every hop's latency.
-            producer.flush(timeout=self.publish_timeout)
             deadline = time.monotonic() + self.publish_timeout
             deliveries = []
             for future in futures:
