@@ -390,7 +390,7 @@ def test_a_kept_alive_connection_is_reused_across_calls() -> None:
     with serving(raw) as url, HttpGateway(url) as gateway:
         for n in range(3):
             gateway.authorize(_txn(n))
-        assert len(gateway._all) == 1
+        assert len(gateway._connections._all) == 1
     assert raw.count == 3
 
 

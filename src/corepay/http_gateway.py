@@ -21,6 +21,7 @@ from collections.abc import Callable
 from types import TracebackType
 from urllib.parse import SplitResult, urlsplit
 
+from corepay.connections import ThreadConnections
 from corepay.errors import (
     BackendTimeoutError,
     ConfigurationError,
@@ -187,11 +188,8 @@ class HttpGateway(PaymentGateway):
         )
         self._path = self._parts.path.rstrip("/") + "/v1/authorizations"
         self._token = token
-        self._context = context
         self._random = random.Random()
-        self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
-        self._all_lock = threading.Lock()
+        self._connections = ThreadConnections(self._parts, timeout, context)
 
     def __repr__(self) -> str:
         return f"HttpGateway({self.base_url!r}, timeout={self.timeout:g}, retries={self.retries})"
@@ -283,14 +281,14 @@ class HttpGateway(PaymentGateway):
 
     def _post(self, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         for fresh in (False, True):
-            conn = self._connection()
+            conn = self._connections.get()
             reused = conn.sock is not None
             try:
                 conn.request("POST", self._path, body=body, headers=headers)
                 response = conn.getresponse()
                 return response.status, response.read()
             except BaseException as exc:
-                self._reset()
+                self._connections.reset()
                 # A kept-alive connection the server closed while idle: try once more on a
                 # fresh one, free of the retry budget (the idempotency key makes it safe).
                 if reused and not fresh and isinstance(exc, _STALE):
@@ -315,36 +313,9 @@ class HttpGateway(PaymentGateway):
             )
         return GatewayResponse(approved=doc["approved"], code=doc["code"], latency_ms=latency_ms)
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            host, port = self._parts.hostname or "", self._parts.port
-            if self._parts.scheme == "https":
-                conn = http.client.HTTPSConnection(
-                    host, port, timeout=self.timeout, context=self._context
-                )
-            else:
-                conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
-
-    def _reset(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-            with self._all_lock:
-                if conn in self._all:
-                    self._all.remove(conn)
-
     def close(self) -> None:
         """Close every connection, whichever thread opened it."""
-        with self._all_lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
+        self._connections.close()
 
 
 def _check(name: str, value: object, ok: bool, rule: str) -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import http.client
-import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from urllib.parse import quote, urlsplit
 
 import orjson
 
+from corepay.connections import ThreadConnections
 from corepay.errors import BackendTimeoutError, ConfigurationError, DecodeError, UnavailableError
 from corepay.models import Twin
 from corepay.store import TwinStore
@@ -62,38 +62,22 @@ class HttpTwinClient(TwinClient):
         self._parts = parts
         self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         self.timeout = timeout
-        self._local = threading.local()
-        self._all: list[http.client.HTTPConnection] = []
-        self._all_lock = threading.Lock()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            cls = (
-                http.client.HTTPSConnection
-                if self._parts.scheme == "https"
-                else http.client.HTTPConnection
-            )
-            conn = cls(self._parts.hostname or "", self._parts.port, timeout=self.timeout)
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
+        self._connections = ThreadConnections(parts, timeout)
 
     def _get(self, path: str) -> bytes:
         for attempt in (1, 2):  # a kept-alive connection the server closed is retried once
-            conn = self._connection()
+            conn = self._connections.get()
             try:
                 conn.request("GET", self._parts.path.rstrip("/") + path, headers=self._headers)
                 response = conn.getresponse()
                 body = response.read()
             except TimeoutError as exc:
-                self._reset()
+                self._connections.reset()
                 raise BackendTimeoutError(
                     f"twin service at {self.base_url} gave no answer within {self.timeout:g} s"
                 ) from exc
             except (OSError, http.client.HTTPException) as exc:
-                self._reset()
+                self._connections.reset()
                 if attempt == 2:
                     raise UnavailableError(
                         f"twin service at {self.base_url} is unreachable: {exc}"
@@ -110,15 +94,6 @@ class HttpTwinClient(TwinClient):
                 )
             return body
         raise AssertionError("unreachable")
-
-    def _reset(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
-            with self._all_lock:
-                if conn in self._all:
-                    self._all.remove(conn)
 
     def get_many(self, customer_ids: Sequence[str]) -> dict[str, Twin]:
         ids = list(dict.fromkeys(customer_ids))
@@ -139,7 +114,4 @@ class HttpTwinClient(TwinClient):
 
     def close(self) -> None:
         """Close every connection, whichever thread opened it."""
-        with self._all_lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
+        self._connections.close()
