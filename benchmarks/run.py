@@ -80,10 +80,7 @@ def in_process(count: int, customers: int, batch_size: int) -> dict[str, Any]:
         latency = pipeline.latency.percentiles(50, 99)
         alerts = sum(pipeline.alerts.values())
     return {
-        "transactions": count,
-        "batch_size": batch_size,
-        "seconds": round(elapsed, 2),
-        "tps": round(count / elapsed, 1),
+        **_rate(count, batch_size, elapsed),
         "latency_ms": latency,
         "processing_us_per_txn": round(elapsed / count * 1e6, 1),
         "divergences": alerts,
@@ -126,12 +123,15 @@ def baseline_python(count: int, customers: int, batch_size: int) -> dict[str, An
                 twins.get(txn.customer_id), live_decision(txn, decision, "baseline")
             )
     elapsed = time.perf_counter() - started
+    return {**_rate(count, batch_size, elapsed), "divergences": diverged}
+
+
+def _rate(count: int, batch_size: int, elapsed: float) -> dict[str, Any]:
     return {
         "transactions": count,
         "batch_size": batch_size,
         "seconds": round(elapsed, 2),
         "tps": round(count / elapsed, 1),
-        "divergences": diverged,
     }
 
 
