@@ -103,8 +103,16 @@ class Consumer(ABC):
         """Return up to ``max_records`` messages, waiting up to ``timeout`` seconds for one."""
 
     @abstractmethod
-    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+    def commit(
+        self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True
+    ) -> None:
         """Commit ``offsets`` (next offset to read, per partition); ``None``: all polled so far.
+
+        With ``wait=False`` the commit is sent and this returns without waiting for the server
+        to store it, so the next batch need not wait a round trip. It is stored before any
+        later commit from this member, and :meth:`close` waits for it; a member that crashes
+        first leaves those messages to be read again, as if it had not committed (delivery is
+        at least once either way). A backend that stores commits at once does so here too.
 
         Raises:
             CommitFailedError: a partition was reassigned to another member since it was polled.

@@ -297,6 +297,70 @@ def test_a_lower_explicit_commit_moves_the_group_back(bus_factory: BusFactory, f
     assert [m.value for m in got] == values[3:]
 
 
+def test_a_commit_that_does_not_wait_is_stored_by_the_time_the_member_has_closed(
+    bus_factory: BusFactory, fresh_name: Names
+):
+    # How the services commit after each batch: closing right after it must not lose it.
+    bus = bus_factory()
+    topic = new_topic(bus, fresh_name)
+    group = fresh_name("group")
+    key = fresh_name("customer")
+    values = [f"payment {i}".encode() for i in range(10)]
+    deliveries = [bus.publish(topic, key, v) for v in values]
+    tp = TopicPartition(topic, deliveries[0].partition)
+
+    first = bus_factory.consumer(bus, group, [topic])
+    assert len(poll_until(first, len(values), bus_factory.deadline())) == len(values)
+    first.commit({tp: deliveries[5].offset + 1}, wait=False)
+    first.close()
+
+    second = bus_factory.consumer(bus, group, [topic])
+    got = poll_until(second, 4, bus_factory.deadline()) + poll_quiet(second, bus_factory)
+    assert [m.value for m in got] == values[6:]
+
+
+def test_a_commit_that_does_not_wait_reaches_the_group_while_the_member_goes_on(
+    bus_factory: BusFactory, fresh_name: Names
+):
+    # Not closed: the commit must be on its way by itself, or a rebalance hands the
+    # partitions over as if nothing had been committed.
+    bus = bus_factory()
+    topic = new_topic(bus, fresh_name)
+    group = fresh_name("group")
+    values = publish_spread(bus, topic, fresh_name, 40)
+    first = bus_factory.consumer(bus, group, [topic])
+    assert len(poll_until(first, len(values), bus_factory.deadline())) == len(values)
+    first.commit(wait=False)
+
+    second = bus_factory.consumer(bus, group, [topic])
+    received = settle([first, second], [topic], bus_factory)
+    assert second.assignment()
+    assert received[1] + poll_quiet(second, bus_factory) == []
+
+
+def test_commits_that_do_not_wait_are_stored_in_the_order_they_were_made(
+    bus_factory: BusFactory, fresh_name: Names
+):
+    bus = bus_factory()
+    topic = new_topic(bus, fresh_name)
+    group = fresh_name("group")
+    key = fresh_name("customer")
+    values = [f"payment {i}".encode() for i in range(10)]
+    deliveries = [bus.publish(topic, key, v) for v in values]
+    tp = TopicPartition(topic, deliveries[0].partition)
+
+    first = bus_factory.consumer(bus, group, [topic])
+    assert len(poll_until(first, len(values), bus_factory.deadline())) == len(values)
+    first.commit({tp: deliveries[8].offset + 1}, wait=False)
+    first.commit({tp: deliveries[1].offset + 1}, wait=False)
+    first.commit({tp: deliveries[3].offset + 1}, wait=False)
+    first.close()
+
+    second = bus_factory.consumer(bus, group, [topic])
+    got = poll_until(second, 6, bus_factory.deadline()) + poll_quiet(second, bus_factory)
+    assert [m.value for m in got] == values[4:]
+
+
 def test_two_members_split_the_partitions_and_together_get_everything(
     bus_factory: BusFactory, fresh_name: Names
 ):
@@ -387,6 +451,8 @@ def test_a_member_that_lost_a_partition_cannot_commit_it_and_the_new_owner_gets_
 
     with pytest.raises(CommitFailedError):
         first.commit(lost_offsets)
+    with pytest.raises(CommitFailedError):
+        first.commit(lost_offsets, wait=False)
 
     expected = sorted(addresses(m for m in polled if m.topic_partition in lost))
     got = received[1] + poll_until(second, len(expected) - len(received[1]), bus_factory.deadline())

@@ -500,11 +500,14 @@ class KafkaConsumerMember(Consumer):
             raise _translate(exc, f"joining group {group}") from exc
         self._consumer.subscribe(list(topics), listener=_Listener(self))
         self._polled: dict[TopicPartition, int] = {}
+        # Offsets committed without waiting, per partition, that close() waits for.
+        self._unsettled: dict[TopicPartition, int] = {}
         self._closed = False
 
     def _forget(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
             self._polled.pop(tp, None)
+            self._unsettled.pop(tp, None)
 
     def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Message]:
         if self._closed:
@@ -522,7 +525,9 @@ class KafkaConsumerMember(Consumer):
                 self._polled[TopicPartition(ktp.topic, ktp.partition)] = records[-1].offset + 1
         return messages
 
-    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+    def commit(
+        self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True
+    ) -> None:
         if self._closed:
             raise RuntimeError("consumer is closed")
         wanted = dict(self._polled if offsets is None else offsets)
@@ -535,17 +540,47 @@ class KafkaConsumerMember(Consumer):
                 f"group {self.group} member no longer owns "
                 f"{', '.join(f'{t}[{p}]' for t, p in lost)}; those messages go to the new owner"
             )
+        request = {
+            KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
+            for tp, offset in wanted.items()
+        }
         try:
-            self._consumer.commit(
-                {
-                    KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
-                    for tp, offset in wanted.items()
-                }
-            )
+            if wait:
+                self._consumer.commit(request)
+            else:
+                # Sent in order on the coordinator's connection, so a later commit (or the
+                # one close() makes) is stored after it.
+                self._consumer.commit_async(request, callback=self._async_commit_done)
         except KafkaCommitFailedError as exc:
             raise CommitFailedError(f"group {self.group} rebalanced: {exc}") from exc
         except (KafkaError, OSError) as exc:
             raise _translate(exc, f"committing for group {self.group}") from exc
+        if wait:
+            for tp in wanted:
+                self._unsettled.pop(tp, None)
+        else:
+            self._unsettled.update(wanted)
+
+    def _async_commit_done(self, offsets: Any, result: Any) -> None:
+        # Run by kafka-python on this member's thread, inside a later poll or commit.
+        if isinstance(result, BaseException):
+            log.warning(
+                "group %s: commit of %d partition(s) failed, a later commit covers them: %s",
+                self.group,
+                len(offsets),
+                result,
+            )
+
+    def _settle(self) -> None:
+        """Wait for the commits sent without waiting, while this member still owns them."""
+        owned = self.assignment()
+        wanted = {tp: o for tp, o in self._unsettled.items() if tp in owned}
+        self._unsettled.clear()
+        if wanted:
+            try:
+                self.commit(wanted)
+            except (CommitFailedError, UnavailableError, BackendTimeoutError) as exc:
+                log.warning("group %s: final commit failed: %s", self.group, exc)
 
     def assignment(self) -> frozenset[TopicPartition]:
         return frozenset(
@@ -574,6 +609,7 @@ class KafkaConsumerMember(Consumer):
 
     def close(self) -> None:
         if not self._closed:
+            self._settle()
             self._closed = True
             try:
                 self._consumer.close(autocommit=False)

@@ -231,7 +231,10 @@ class MemoryConsumer(Consumer):
                 for tp, position in self._positions.items()
             }
 
-    def commit(self, offsets: Mapping[TopicPartition, int] | None = None) -> None:
+    def commit(
+        self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True
+    ) -> None:
+        # Stored at once, so there is nothing to wait for either way.
         if self._closed:
             raise RuntimeError("consumer is closed")
         with self._bus._lock:

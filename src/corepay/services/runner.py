@@ -277,9 +277,10 @@ class ConsumerService(ABC):
 
     def _commit(self, offsets: Mapping[TopicPartition, int] | None) -> None:
         # A failed commit loses nothing: the next batch's commit covers these offsets too, and
-        # at worst the group reads them again.
+        # at worst the group reads them again. So the next batch does not wait for the broker
+        # to store this one's offsets; closing the consumer does.
         try:
-            self.consumer.commit(offsets)
+            self.consumer.commit(offsets, wait=False)
         except (CommitFailedError, BackendError) as exc:
             log.warning("%s: commit failed: %s", self.group, exc)
 
