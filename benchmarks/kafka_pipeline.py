@@ -398,10 +398,17 @@ class Phase:
 
 
 class Tracker:
-    """Reads ``detector_changelog`` and ``divergence_alert`` from their end on, in a thread, and
-    files each record of this run under its phase."""
+    """Reads ``detector_changelog`` and ``divergence_alert`` (or the given topics) from their
+    end on, in a thread, and files each record of this run under its phase."""
 
-    def __init__(self, bootstrap: str, prefix: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        prefix: str,
+        resolved: str = DETECTOR_CHANGELOG,
+        alerts: str | None = DIVERGENCE_ALERT,
+    ) -> None:
+        self.alerts_topic = alerts
         self.prefix = prefix
         self.phases: dict[int, Phase] = {}
         self.timestamp_types: Counter[int] = Counter()
@@ -412,11 +419,8 @@ class Tracker:
             enable_auto_commit=False,
             fetch_max_wait_ms=100,
         )
-        wanted = [
-            TopicPartition(topic, p)
-            for topic in (DETECTOR_CHANGELOG, DIVERGENCE_ALERT)
-            for p in range(PARTITIONS)
-        ]
+        topics = [resolved] if alerts is None else [resolved, alerts]
+        wanted = [TopicPartition(topic, p) for topic in topics for p in range(PARTITIONS)]
         self.consumer.assign(wanted)
         self.consumer.seek_to_end(*wanted)
         for tp in wanted:
@@ -444,7 +448,7 @@ class Tracker:
                         if where is None:
                             continue
                         phase, index = where
-                        if tp.topic == DIVERGENCE_ALERT:
+                        if tp.topic == self.alerts_topic:
                             phase.alerts[value.get("kind", "?")] += 1
                         elif index in phase.resolved:
                             phase.duplicates += 1
@@ -474,7 +478,8 @@ def _payloads(
 class Sender:
     """A producer configured like the bus's: ``acks=all``, idempotent, 5 ms linger."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, topic: str = RAW_TRANSACTIONS) -> None:
+        self.topic = topic
         self.producer = KafkaProducer(
             bootstrap_servers=[bootstrap],
             client_id="corepay-bench-producer",
@@ -491,7 +496,7 @@ class Sender:
         stamp = datetime.fromtimestamp(now, UTC).isoformat()
         phase.stamps.append(now)
         future = self.producer.send(
-            RAW_TRANSACTIONS,
+            self.topic,
             key=key,
             value=value,
             headers=[(INGESTED_AT_HEADER, stamp.encode())],
