@@ -23,7 +23,7 @@ from corepay.bus import (
 from corepay.divergence import DivergenceDetector
 from corepay.errors import ConfigurationError, RejectedError, UnavailableError
 from corepay.models import Decision, Path
-from corepay.services.detector import DetectorService
+from corepay.services.detector import DETECTOR_CHANGELOG, DetectorService
 from corepay.services.runner import ConsumerService, Handled
 from corepay.services.twin import TwinService
 from corepay.settings import Settings
@@ -93,6 +93,40 @@ def test_a_timer_alert_the_bus_refused_is_retried_before_anything_new_is_read() 
         ("later", "DECISION_MISMATCH"),
         ("lonely", "MISSING_SIMULATION"),
     ]
+
+
+class _PartlyRefusingBus(_RefusingBus):
+    """As Kafka can: takes the rest of a publish and refuses only the records for ``topic``."""
+
+    def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
+        records = list(records)
+        if self.refusals and any(r.topic == self.topic for r in records):
+            MemoryBus.publish_many(self, [r for r in records if r.topic != self.topic])
+        return super().publish_many(records)
+
+
+def test_the_detector_changelog_never_claims_an_alert_that_is_not_on_the_bus() -> None:
+    # The changelog tells a restarted detector which pairs need no second look: an entry
+    # written before its alert, then a crash, would lose the alert for good.
+    bus = _PartlyRefusingBus(DIVERGENCE_ALERT, refusals=2, partitions=1)
+    service = DetectorService(bus, DivergenceDetector(timeout=30), clock=_Clock())
+    _publish(bus, "agreed", Path.LIVE)
+    _publish(bus, "agreed", Path.SIMULATION)
+    _publish(bus, "diverged", Path.LIVE, decision=Decision.DECLINE)
+    _publish(bus, "diverged", Path.SIMULATION)
+
+    def logged() -> list[tuple[str, bool]]:
+        return [
+            (entry["transaction_id"], entry["alerted"])
+            for entry in (json.loads(m.value) for m in bus.messages(DETECTOR_CHANGELOG))
+        ]
+
+    service.poll_once(0)  # the alert is refused: nothing claims it
+    assert _alerts(bus) == [] and ("diverged", True) not in logged()
+    for _ in range(4):
+        service.poll_once(0)
+    assert _alerts(bus) == [("diverged", "DECISION_MISMATCH")]
+    assert set(logged()) == {("agreed", False), ("diverged", True)}
 
 
 class _Buggy(DetectorService):

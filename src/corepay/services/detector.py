@@ -212,7 +212,11 @@ class DetectorService(ConsumerService):
             "transaction_id": pairing.transaction_id,
             "alerted": pairing.alert is not None,
         }
-        resolved.append(Record(DETECTOR_CHANGELOG, some.customer_id, json.dumps(entry).encode()))
+        # An entry that claims an alert waits until the alert is on the bus; one that claims
+        # none goes out with the batch's first publish, a round trip sooner.
+        (resolved if pairing.alert is not None else records).append(
+            Record(DETECTOR_CHANGELOG, some.customer_id, json.dumps(entry).encode())
+        )
         if self.on_pairing is not None:
             try:
                 self.on_pairing(pairing)
