@@ -371,8 +371,14 @@ def test_a_twin_service_on_a_volatile_store_rebuilds_the_twins_after_a_restart()
     for i in range(50, 60):  # more arrive while the service is down
         _publish(bus, f"t{i}", Path.LIVE, customer=f"c{i % 5}")
     fresh_store = MemoryTwinStore()  # the process died: its twins with it
-    second = TwinService(bus, fresh_store, max_records=20)
+    rebuilt: list[int] = []  # payments the twins held when told the rebuild was done
+
+    def on_rebuilt() -> None:
+        rebuilt.append(sum(fresh_store.get(f"c{n}").count for n in range(5)))  # type: ignore[union-attr]
+
+    second = TwinService(bus, fresh_store, max_records=20, on_rebuilt=on_rebuilt)
     while second.poll_once(0):
         pass
     counts = {f"c{n}": fresh_store.get(f"c{n}").count for n in range(5)}  # type: ignore[union-attr]
     assert counts == {f"c{n}": 12 for n in range(5)}
+    assert rebuilt == [60]  # once, with everything on live_outcome when it started applied

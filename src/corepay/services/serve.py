@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -87,6 +88,20 @@ def _ops_server(
         server.server_close()
 
 
+def _settle_heap() -> None:
+    """Move everything built so far out of the garbage collector's way.
+
+    A service builds its long-lived objects (modules, models, clients; the twin service its
+    rebuilt twins) before its loop. Left in the collector's oldest generation, every full
+    collection walks them all again: in the engine that was a 60-150 ms pause every few
+    seconds under load, which each payment in flight waited out. Frozen, they are skipped;
+    they are still freed when no longer referenced.
+    """
+    gc.collect()
+    gc.freeze()
+    log.debug("%d objects frozen", gc.get_freeze_count())
+
+
 def _ingestion(settings: Settings, stop: threading.Event) -> None:
     from corepay.auth import Credentials
     from corepay.services.wsgi import serve_wsgi
@@ -132,7 +147,9 @@ def _engine(settings: Settings, stop: threading.Event) -> None:
                 _ops_server("engine", settings, checks(bus=bus)),
             ):
                 bus.ensure_topics(ALL_TOPICS)
-                EngineService(bus, engine, max_records=settings.batch_size).run(stop)
+                service = EngineService(bus, engine, max_records=settings.batch_size)
+                _settle_heap()
+                service.run(stop)
     finally:
         twins.close()
 
@@ -145,7 +162,8 @@ def _twin(settings: Settings, stop: threading.Event) -> None:
         settings.store_url, username=settings.store_username, password=settings.store_password
     )
     with bus, store:
-        service = TwinService(bus, store, max_records=settings.batch_size)
+        service = TwinService(bus, store, max_records=settings.batch_size, on_rebuilt=_settle_heap)
+        _settle_heap()
 
         def update() -> None:
             try:
@@ -176,7 +194,9 @@ def _detector(settings: Settings, stop: threading.Event) -> None:
         timeout=settings.pairing_timeout, max_pending=settings.max_pending
     )
     with bus, _ops_server("detector", settings, checks(bus=bus)):
-        DetectorService(bus, detector, max_records=settings.batch_size).run(stop)
+        service = DetectorService(bus, detector, max_records=settings.batch_size)
+        _settle_heap()
+        service.run(stop)
 
 
 def _gateway(settings: Settings, stop: threading.Event) -> None:

@@ -67,16 +67,28 @@ def update_twin(
 
 
 class TwinService(ConsumerService):
-    """Consumes ``live_outcome`` and keeps each customer's twin up to date."""
+    """Consumes ``live_outcome`` and keeps each customer's twin up to date.
+
+    With a store that does not outlive the process, the twins of newly owned partitions are
+    first rebuilt from the whole of ``live_outcome``; ``on_rebuilt`` is called after each
+    rebuild (``corepay serve twin`` moves the rebuilt twins out of the garbage collector's way).
+    """
 
     group = "corepay-twin"
     topics = (LIVE_OUTCOME,)
     service = "twin"
 
     def __init__(
-        self, bus: Bus, store: TwinStore, *, policy: TwinPolicy = TwinPolicy(), **kwargs: object
+        self,
+        bus: Bus,
+        store: TwinStore,
+        *,
+        policy: TwinPolicy = TwinPolicy(),
+        on_rebuilt: Callable[[], None] | None = None,
+        **kwargs: object,
     ) -> None:
         super().__init__(bus, **kwargs)  # type: ignore[arg-type]
+        self.on_rebuilt = on_rebuilt
         if policy.dedup_window < self.max_records:
             # A redelivered batch could hold more of one customer's outcomes than the twin
             # remembers, and those would count twice.
@@ -120,6 +132,8 @@ class TwinService(ConsumerService):
                 "rebuilt twins of partitions %s from %d outcomes", sorted(fresh), len(replayed)
             )
             self._rebuilt |= fresh
+            if self.on_rebuilt is not None:
+                self.on_rebuilt()
 
     def _apply(self, messages: Sequence[Message], *, dead_letters: bool = True) -> Handled:
         records: list[Record] = []
