@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -226,6 +227,30 @@ def test_serve_twin_answers_404_for_an_unknown_customer() -> None:
         assert _request(url)[0] == 401
     finally:
         assert _stop(proc) == 0
+
+
+@pytest.mark.slow
+def test_serve_twin_keeps_the_engines_connection_open_between_reads() -> None:
+    # The engine reads twins for every batch: one connection for all of them, not one each.
+    port = _free_port()
+    proc = _start("twin", port, "--store", "memory://")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        sockets = set()
+        for i in range(5):
+            conn.request(
+                "GET",
+                f"/v1/twins?customer_id=cust-{i}",
+                headers={"Authorization": f"Bearer {TWIN_TOKEN}"},
+            )
+            response = conn.getresponse()
+            assert (response.status, json.loads(response.read())) == (200, {"twins": []})
+            assert not response.will_close
+            sockets.add(conn.sock)
+        assert len(sockets) == 1
+    finally:
+        assert _stop(proc) == 0  # with that connection still open
+        conn.close()
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
 
 from flask import Flask
-from werkzeug.serving import make_server
+from waitress import wasyncore
+from waitress.server import create_server
 
 from corepay.backends import open_bus, open_store
 from corepay.bus import ALL_TOPICS
@@ -48,14 +49,33 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-def _serve_http(app: Flask, host: str, port: int, stop: threading.Event) -> None:
-    server = make_server(host, port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="corepay-http", daemon=True)
+#: Threads answering the requests of one HTTP server.
+HTTP_THREADS = 8
+
+
+@contextlib.contextmanager
+def _http_server(app: Flask, host: str, port: int, name: str) -> Iterator[int]:
+    """Serve ``app`` from a thread while the block runs; yields the port it listens on.
+
+    waitress keeps connections alive, so the engine reads twins over one connection instead
+    of connecting (and the twin service starting a thread) for every batch, as werkzeug's
+    development server made it do.
+    """
+    server = create_server(app, host=host, port=port, threads=HTTP_THREADS, ident="corepay")
+    thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
-    log.info("%s listening on http://%s:%d", app.name, host, server.server_port)
-    stop.wait()
-    server.shutdown()
-    thread.join()
+    try:
+        yield int(server.effective_port)
+    finally:
+        server.task_dispatcher.shutdown()
+        wasyncore.close_all(server._map)  # the listener and every kept-alive connection
+        thread.join(timeout=5)
+
+
+def _serve_http(app: Flask, host: str, port: int, stop: threading.Event) -> None:
+    with _http_server(app, host, port, "corepay-http") as bound:
+        log.info("%s listening on http://%s:%d", app.name, host, bound)
+        stop.wait()
 
 
 def _require(secret: str | None, variable: str, settings: Settings, service: str) -> None:
@@ -76,16 +96,10 @@ def _ops_server(
 ) -> Iterator[None]:
     """``/healthz``, ``/readyz`` and ``/metrics`` of a service without an API, while it runs."""
     port = settings.metrics_port if settings.metrics_port is not None else DEFAULT_PORTS[service]
-    server = make_server(settings.host, port, create_ops_app(service, ready), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="corepay-ops", daemon=True)
-    thread.start()
-    log.info("%s: health and metrics on http://%s:%d", service, settings.host, server.server_port)
-    try:
+    app = create_ops_app(service, ready)
+    with _http_server(app, settings.host, port, "corepay-ops") as bound:
+        log.info("%s: health and metrics on http://%s:%d", service, settings.host, bound)
         yield
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
 
 
 def _settle_heap() -> None:
