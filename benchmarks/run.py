@@ -17,8 +17,10 @@ whether each of the targets for a 2-core machine is met. Parts:
 4. ``memory``: bytes per twin (in memory and as a stored document) and per transaction the
    detector holds while waiting for its pair.
 5. With ``--kafka``: ``baseline_kafka`` (a bare kafka-python produce-then-consume loop with
-   the same message sizes) and ``kafka_pipeline`` (the four services as processes over the
-   broker at fixed offered rates, see ``benchmarks/kafka_pipeline.py``).
+   the same message sizes), ``kafka_pipeline`` (the four services as processes over the
+   broker at fixed offered rates, see ``benchmarks/kafka_pipeline.py``) and
+   ``baseline_kafka_relay`` (bare kafka-python relays in the pipeline's shape, at the same
+   rates, see ``benchmarks/kafka_relay.py``): CorePay's Kafka floor on this machine.
 
 Timings on a shared machine are noisy: compare figures from the same run.
 """
@@ -367,12 +369,13 @@ def main(argv: list[str] | None = None) -> int:
         results["baseline_kafka"] = baseline_kafka(args.kafka, 20_000 if args.quick else 100_000)
         try:
             from benchmarks.kafka_pipeline import run as kafka_run
+            from benchmarks.kafka_relay import run as relay_run
         except ImportError as exc:
             results["kafka_pipeline"] = {"error": f"not available: {exc}"}
         else:
-            results["kafka_pipeline"] = kafka_run(
-                args.kafka, [500, 1000, 2000], 5.0 if args.quick else 20.0, args.quick
-            )
+            rates, seconds = [500, 1000, 2000], 5.0 if args.quick else 20.0
+            results["kafka_pipeline"] = kafka_run(args.kafka, rates, seconds, args.quick)
+            results["baseline_kafka_relay"] = relay_run(args.kafka, rates, seconds, args.quick)
     results["targets"] = [line for line in _targets(results) if line]
     args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(_table(results))
@@ -425,6 +428,20 @@ def _table(r: dict[str, Any]) -> str:
                 f"ms  p99.9 {lat['p99.9']:,.0f} ms  ({x['unresolved']} unresolved)"
             )
         lines.append(f"over Kafka, flat out: {k['max_sustained_tps']:,.0f} txn/s resolved")
+        relay = r.get("baseline_kafka_relay")
+        if relay:
+            for x in relay["rates"]:
+                lat = x["latency_ms"]
+                lines.append(
+                    f"bare relays, {x['offered_tps']:>6,.0f} txn/s offered: "
+                    f"{x['resolved_tps']:>7,.0f} resolved/s  p50 {lat['p50']:,.0f} ms  p99 "
+                    f"{lat['p99']:,.0f} ms  p99.9 {lat['p99.9']:,.0f} ms"
+                )
+            lines.append(
+                f"bare relays, flat out: {relay['max_sustained_tps']:,.0f} txn/s resolved; "
+                f"CorePay overhead x{relay['max_sustained_tps'] / k['max_sustained_tps']:.1f} "
+                "(relay rate / CorePay rate)"
+            )
         if "baseline_kafka" in r:
             bare = min(r["baseline_kafka"]["produce_per_s"], r["baseline_kafka"]["consume_per_s"])
             lines.append(
