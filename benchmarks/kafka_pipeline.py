@@ -475,6 +475,37 @@ def _payloads(
         yield txn.customer_id.encode(), encode_transaction(txn)
 
 
+def _phases(
+    generator: TrafficGenerator,
+    run: str,
+    prefix: str,
+    rates: list[int],
+    duration: float,
+    probe_pool: int | None,
+) -> tuple[list[Phase], Callable[[], None]]:
+    """The warm-up, a phase per rate and, with ``probe_pool``, the probe (last), with their
+    payloads; and a function that gives the probe 5,000 more."""
+    phases = [Phase(0, "warmup", list(_payloads(generator, run, prefix, 0, WARMUP_COUNT)))]
+    for rate in rates:
+        index, count = len(phases), max(int(rate * duration), 1)
+        phases.append(
+            Phase(index, f"{rate}/s", list(_payloads(generator, run, prefix, index, count)))
+        )
+    if probe_pool is not None:
+        index = len(phases)
+        phases.append(
+            Phase(index, "probe", list(_payloads(generator, run, prefix, index, probe_pool)))
+        )
+
+    def more() -> None:
+        last = phases[-1]
+        last.payloads.extend(
+            _payloads(generator, run, prefix, last.index, 5000, len(last.payloads))
+        )
+
+    return phases, more
+
+
 class Sender:
     """A producer configured like the bus's: ``acks=all``, idempotent, 5 ms linger."""
 
@@ -679,34 +710,9 @@ def run(
         services.start_all()
         # Payloads are made while the services load their models.
         generator = TrafficGenerator(customers=customers, seed=int(run_id[:6], 16))
-        phases = [Phase(0, "warmup", list(_payloads(generator, run_id, prefix, 0, WARMUP_COUNT)))]
-        for rate in rates:
-            count = max(int(rate * duration), 1)
-            index = len(phases)
-            phases.append(
-                Phase(index, f"{rate}/s", list(_payloads(generator, run_id, prefix, index, count)))
-            )
-        probe_phase = None
-        if probe:
-            index = len(phases)
-            pool = probe_backlog + int(duration * 4000)
-            probe_phase = Phase(
-                index, "probe", list(_payloads(generator, run_id, prefix, index, pool))
-            )
-            phases.append(probe_phase)
-
-        def more() -> None:
-            assert probe_phase is not None
-            probe_phase.payloads.extend(
-                _payloads(
-                    generator,
-                    run_id,
-                    prefix,
-                    probe_phase.index,
-                    5000,
-                    len(probe_phase.payloads),
-                )
-            )
+        pool = probe_backlog + int(duration * 4000) if probe else None
+        phases, more = _phases(generator, run_id, prefix, rates, duration, pool)
+        probe_phase = phases[-1] if probe else None
 
         services.wait_ready(time.monotonic() + STARTUP_TIMEOUT)
         ready_s = time.monotonic() - began

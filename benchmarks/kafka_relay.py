@@ -44,14 +44,12 @@ from benchmarks.kafka_pipeline import (
     DEFAULT_RATES,
     PARTITIONS,
     QUICK_DURATION,
-    WARMUP_COUNT,
     WARMUP_TIMEOUT,
-    Phase,
     Sender,
     Tracker,
     _cpu_seconds,
     _figures,
-    _payloads,
+    _phases,
     _wait_resolved,
 )
 from corepay import TrafficGenerator
@@ -179,19 +177,8 @@ def run(
     tracker = sender = None
     try:
         generator = TrafficGenerator(customers=customers, seed=int(run_id[:6], 16))
-        phases = [Phase(0, "warmup", list(_payloads(generator, run_id, prefix, 0, WARMUP_COUNT)))]
-        for rate in rates:
-            index = len(phases)
-            count = max(int(rate * duration), 1)
-            phases.append(
-                Phase(index, f"{rate}/s", list(_payloads(generator, run_id, prefix, index, count)))
-            )
-        if probe:
-            index = len(phases)
-            pool = probe_backlog + int(duration * 8000)
-            phases.append(
-                Phase(index, "probe", list(_payloads(generator, run_id, prefix, index, pool)))
-            )
+        pool = probe_backlog + int(duration * 8000) if probe else None
+        phases, more = _phases(generator, run_id, prefix, rates, duration, pool)
         tracker = Tracker(bootstrap, prefix, resolved=topics["resolved"], alerts=None)
         tracker.phases = {p.index: p for p in phases}
         tracker.thread.start()
@@ -221,7 +208,7 @@ def run(
             time.sleep(1.0)
             say(f"relay probe: as fast as possible for {duration:g} s")
             cpu = _cpu_of(procs)
-            elapsed = sender.flood(phases[-1], duration, probe_backlog, lambda: None)
+            elapsed = sender.flood(phases[-1], duration, probe_backlog, more)
             _wait_resolved(tracker, phases[-1], drain)
             probe_figures = _figures(phases[-1], None, elapsed, drain)
             probe_figures["relay_cpu_cores"] = _cores(procs, cpu, elapsed)

@@ -252,8 +252,14 @@ def test_uncommitted_messages_go_to_the_next_member_and_committed_ones_do_not(
     assert sorted(m.value for m in got) == sorted(uncommitted)
 
 
+#: Both ways to commit: waiting until it is stored, and not (how the services commit; a
+#: close() right after must not lose it).
+WAITS = pytest.mark.parametrize("wait", [True, False], ids=["waiting", "not-waiting"])
+
+
+@WAITS
 def test_explicit_commit_commits_up_to_the_next_offset_given(
-    bus_factory: BusFactory, fresh_name: Names
+    bus_factory: BusFactory, fresh_name: Names, wait: bool
 ):
     bus = bus_factory()
     topic = new_topic(bus, fresh_name)
@@ -266,7 +272,7 @@ def test_explicit_commit_commits_up_to_the_next_offset_given(
     first = bus_factory.consumer(bus, group, [topic])
     assert len(poll_until(first, len(values), bus_factory.deadline())) == len(values)
     # The committed offset is the next message to read: values[5] onwards are not done.
-    first.commit({tp: deliveries[4].offset + 1})
+    first.commit({tp: deliveries[4].offset + 1}, wait=wait)
     first.close()
 
     second = bus_factory.consumer(bus, group, [topic])
@@ -275,7 +281,10 @@ def test_explicit_commit_commits_up_to_the_next_offset_given(
     assert got[0].offset == deliveries[5].offset
 
 
-def test_a_lower_explicit_commit_moves_the_group_back(bus_factory: BusFactory, fresh_name: Names):
+@WAITS
+def test_a_lower_explicit_commit_moves_the_group_back(
+    bus_factory: BusFactory, fresh_name: Names, wait: bool
+):
     # Kafka stores the offset committed last, even a lower one; a bus that silently kept the
     # higher one would hide a consumer that commits out of order (and so skips messages on Kafka).
     bus = bus_factory()
@@ -288,35 +297,13 @@ def test_a_lower_explicit_commit_moves_the_group_back(bus_factory: BusFactory, f
 
     first = bus_factory.consumer(bus, group, [topic])
     assert len(poll_until(first, len(values), bus_factory.deadline())) == len(values)
-    first.commit({tp: deliveries[7].offset + 1})
-    first.commit({tp: deliveries[2].offset + 1})
+    first.commit({tp: deliveries[7].offset + 1}, wait=wait)
+    first.commit({tp: deliveries[2].offset + 1}, wait=wait)
     first.close()
 
     second = bus_factory.consumer(bus, group, [topic])
     got = poll_until(second, 7, bus_factory.deadline()) + poll_quiet(second, bus_factory)
     assert [m.value for m in got] == values[3:]
-
-
-def test_a_commit_that_does_not_wait_is_stored_by_the_time_the_member_has_closed(
-    bus_factory: BusFactory, fresh_name: Names
-):
-    # How the services commit after each batch: closing right after it must not lose it.
-    bus = bus_factory()
-    topic = new_topic(bus, fresh_name)
-    group = fresh_name("group")
-    key = fresh_name("customer")
-    values = [f"payment {i}".encode() for i in range(10)]
-    deliveries = [bus.publish(topic, key, v) for v in values]
-    tp = TopicPartition(topic, deliveries[0].partition)
-
-    first = bus_factory.consumer(bus, group, [topic])
-    assert len(poll_until(first, len(values), bus_factory.deadline())) == len(values)
-    first.commit({tp: deliveries[5].offset + 1}, wait=False)
-    first.close()
-
-    second = bus_factory.consumer(bus, group, [topic])
-    got = poll_until(second, 4, bus_factory.deadline()) + poll_quiet(second, bus_factory)
-    assert [m.value for m in got] == values[6:]
 
 
 def test_a_commit_that_does_not_wait_reaches_the_group_while_the_member_goes_on(
@@ -336,29 +323,6 @@ def test_a_commit_that_does_not_wait_reaches_the_group_while_the_member_goes_on(
     received = settle([first, second], [topic], bus_factory)
     assert second.assignment()
     assert received[1] + poll_quiet(second, bus_factory) == []
-
-
-def test_commits_that_do_not_wait_are_stored_in_the_order_they_were_made(
-    bus_factory: BusFactory, fresh_name: Names
-):
-    bus = bus_factory()
-    topic = new_topic(bus, fresh_name)
-    group = fresh_name("group")
-    key = fresh_name("customer")
-    values = [f"payment {i}".encode() for i in range(10)]
-    deliveries = [bus.publish(topic, key, v) for v in values]
-    tp = TopicPartition(topic, deliveries[0].partition)
-
-    first = bus_factory.consumer(bus, group, [topic])
-    assert len(poll_until(first, len(values), bus_factory.deadline())) == len(values)
-    first.commit({tp: deliveries[8].offset + 1}, wait=False)
-    first.commit({tp: deliveries[1].offset + 1}, wait=False)
-    first.commit({tp: deliveries[3].offset + 1}, wait=False)
-    first.close()
-
-    second = bus_factory.consumer(bus, group, [topic])
-    got = poll_until(second, 6, bus_factory.deadline()) + poll_quiet(second, bus_factory)
-    assert [m.value for m in got] == values[4:]
 
 
 def test_two_members_split_the_partitions_and_together_get_everything(
