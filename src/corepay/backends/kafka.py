@@ -502,6 +502,7 @@ class KafkaConsumerMember(Consumer):
         self._polled: dict[TopicPartition, int] = {}
         # Offsets committed without waiting, per partition, that close() waits for.
         self._unsettled: dict[TopicPartition, int] = {}
+        self._settle_timeout_ms = int(config.get("bootstrap_timeout_ms", 10_000))
         self._closed = False
 
     def _forget(self, partitions: set[TopicPartition]) -> None:
@@ -572,14 +573,19 @@ class KafkaConsumerMember(Consumer):
             )
 
     def _settle(self) -> None:
-        """Wait for the commits sent without waiting, while this member still owns them."""
+        """Wait for the commits sent without waiting, while this member still owns them, for
+        as long as a publish would wait: a member leaving during an outage must not hang."""
         owned = self.assignment()
-        wanted = {tp: o for tp, o in self._unsettled.items() if tp in owned}
+        wanted = {
+            KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
+            for tp, offset in self._unsettled.items()
+            if tp in owned
+        }
         self._unsettled.clear()
         if wanted:
             try:
-                self.commit(wanted)
-            except (CommitFailedError, UnavailableError, BackendTimeoutError) as exc:
+                self._consumer.commit(wanted, timeout_ms=self._settle_timeout_ms)
+            except (KafkaError, OSError) as exc:
                 log.warning("group %s: final commit failed: %s", self.group, exc)
 
     def assignment(self) -> frozenset[TopicPartition]:
