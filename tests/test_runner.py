@@ -123,6 +123,7 @@ def test_the_detector_changelog_never_claims_an_alert_that_is_not_on_the_bus() -
 
     service.poll_once(0)  # the alert is refused: nothing claims it
     assert _alerts(bus) == [] and ("diverged", True) not in logged()
+    assert ("agreed", False) in logged()  # what claims no alert does not wait for alerts
     for _ in range(4):
         service.poll_once(0)
     assert _alerts(bus) == [("diverged", "DECISION_MISMATCH")]

@@ -109,10 +109,13 @@ class Consumer(ABC):
         """Commit ``offsets`` (next offset to read, per partition); ``None``: all polled so far.
 
         With ``wait=False`` the commit is sent and this returns without waiting for the server
-        to store it, so the next batch need not wait a round trip. It is stored before any
-        later commit from this member, and :meth:`close` waits for it; a member that crashes
-        first leaves those messages to be read again, as if it had not committed (delivery is
-        at least once either way). A backend that stores commits at once does so here too.
+        to store it, so the next batch need not wait a round trip. It reaches the server
+        before any later commit from this member, and :meth:`close` commits again, waiting a
+        bounded time, the offsets of partitions it still owns. A commit that fails is logged,
+        not retried: until a later one lands, those messages are read again by whoever owns
+        the partition next (after a crash, or a rebalance), as if they had not been committed.
+        Delivery is at least once either way. A backend that stores commits at once does so
+        here too.
 
         Raises:
             CommitFailedError: a partition was reassigned to another member since it was polled.

@@ -615,7 +615,10 @@ class KafkaConsumerMember(Consumer):
 
     def close(self) -> None:
         if not self._closed:
-            self._settle()
+            try:
+                self._settle()
+            except Exception:  # whatever broke, the client below must still be closed
+                log.exception("group %s: final commit failed", self.group)
             self._closed = True
             try:
                 self._consumer.close(autocommit=False)

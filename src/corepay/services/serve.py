@@ -12,7 +12,7 @@ from types import FrameType
 
 from flask import Flask
 from waitress import wasyncore
-from waitress.server import create_server
+from waitress.server import MultiSocketServer, create_server
 
 from corepay.backends import open_bus, open_store
 from corepay.bus import ALL_TOPICS
@@ -49,31 +49,42 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-#: Threads answering the requests of one HTTP server.
+#: Threads answering the requests of one HTTP server; the gateway's answer as slowly as the
+#: gateway it simulates, so it has as many as an engine calls it from, and some to spare.
 HTTP_THREADS = 8
+GATEWAY_HTTP_THREADS = 32
 
 
 @contextlib.contextmanager
-def _http_server(app: Flask, host: str, port: int, name: str) -> Iterator[int]:
+def _http_server(
+    app: Flask, host: str, port: int, name: str, threads: int = HTTP_THREADS
+) -> Iterator[int]:
     """Serve ``app`` from a thread while the block runs; yields the port it listens on.
 
     waitress keeps connections alive, so the engine reads twins over one connection instead
     of connecting (and the twin service starting a thread) for every batch, as werkzeug's
     development server made it do.
     """
-    server = create_server(app, host=host, port=port, threads=HTTP_THREADS, ident="corepay")
+    server = create_server(app, host=host, port=port, threads=threads, ident="corepay")
+    # A host name with several addresses (localhost: IPv4 and IPv6) gets one socket each.
+    if isinstance(server, MultiSocketServer):
+        bound, sockets = int(server.effective_listen[0][1]), server.map
+    else:
+        bound, sockets = int(server.effective_port), server._map
     thread = threading.Thread(target=server.run, name=name, daemon=True)
     thread.start()
     try:
-        yield int(server.effective_port)
+        yield bound
     finally:
         server.task_dispatcher.shutdown()
-        wasyncore.close_all(server._map)  # the listener and every kept-alive connection
+        wasyncore.close_all(sockets)  # the listeners and every kept-alive connection
         thread.join(timeout=5)
 
 
-def _serve_http(app: Flask, host: str, port: int, stop: threading.Event) -> None:
-    with _http_server(app, host, port, "corepay-http") as bound:
+def _serve_http(
+    app: Flask, host: str, port: int, stop: threading.Event, threads: int = HTTP_THREADS
+) -> None:
+    with _http_server(app, host, port, "corepay-http", threads) as bound:
         log.info("%s listening on http://%s:%d", app.name, host, bound)
         stop.wait()
 
@@ -108,8 +119,10 @@ def _settle_heap() -> None:
     A service builds its long-lived objects (modules, models, clients; the twin service its
     rebuilt twins) before its loop. Left in the collector's oldest generation, every full
     collection walks them all again: in the engine that was a 60-150 ms pause every few
-    seconds under load, which each payment in flight waited out. Frozen, they are skipped;
-    they are still freed when no longer referenced.
+    seconds under load, which each payment in flight waited out. Frozen, they are skipped.
+    A frozen object is still freed when its last reference goes; only a reference cycle
+    among frozen objects is never collected, and these long-lived ones form none that is
+    ever dropped.
     """
     gc.collect()
     gc.freeze()
@@ -222,7 +235,8 @@ def _gateway(settings: Settings, stop: threading.Event) -> None:
             "(options seed, timeout_ms, median_latency_ms, outage_rate, realtime)"
         )
     app = create_gateway_app(open_gateway(url))
-    _serve_http(app, settings.host, settings.port or DEFAULT_PORTS["gateway"], stop)
+    port = settings.port or DEFAULT_PORTS["gateway"]
+    _serve_http(app, settings.host, port, stop, threads=GATEWAY_HTTP_THREADS)
 
 
 SERVICES: dict[str, Callable[[Settings, threading.Event], None]] = {
