@@ -459,6 +459,14 @@ def _message(r: Any) -> Message:
     )
 
 
+def _kafka_offsets(offsets: Mapping[TopicPartition, int]) -> dict[Any, Any]:
+    """Offsets to commit, in kafka-python's types."""
+    return {
+        KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
+        for tp, offset in offsets.items()
+    }
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, member: KafkaConsumerMember) -> None:
         self.member = member
@@ -541,10 +549,7 @@ class KafkaConsumerMember(Consumer):
                 f"group {self.group} member no longer owns "
                 f"{', '.join(f'{t}[{p}]' for t, p in lost)}; those messages go to the new owner"
             )
-        request = {
-            KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
-            for tp, offset in wanted.items()
-        }
+        request = _kafka_offsets(wanted)
         try:
             if wait:
                 self._consumer.commit(request)
@@ -576,11 +581,7 @@ class KafkaConsumerMember(Consumer):
         """Wait for the commits sent without waiting, while this member still owns them, for
         as long as a publish would wait: a member leaving during an outage must not hang."""
         owned = self.assignment()
-        wanted = {
-            KafkaTopicPartition(tp.topic, tp.partition): OffsetAndMetadata(offset, "", -1)
-            for tp, offset in self._unsettled.items()
-            if tp in owned
-        }
+        wanted = _kafka_offsets({tp: o for tp, o in self._unsettled.items() if tp in owned})
         self._unsettled.clear()
         if wanted:
             try:

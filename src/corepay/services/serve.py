@@ -49,8 +49,8 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
-#: Threads answering the requests of one HTTP server; the gateway's answer as slowly as the
-#: gateway it simulates, so it has as many as an engine calls it from, and some to spare.
+#: Threads answering the requests of one HTTP server. The gateway's threads answer as slowly
+#: as the gateway it simulates, so it has more than the 16 an engine calls it from.
 HTTP_THREADS = 8
 GATEWAY_HTTP_THREADS = 32
 
