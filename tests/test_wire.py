@@ -7,11 +7,13 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import strategies as cst
+from corepay import wire
 from corepay.errors import DecodeError, ValidationError
 from corepay.wire import (
     MAX_AMOUNT,
@@ -92,6 +94,137 @@ def test_transaction_round_trips_through_its_encoding(txn: Any) -> None:
     assert decoded.timestamp.utcoffset() == txn.timestamp.utcoffset()
     # What CorePay writes is itself a valid payment request.
     assert parse_transaction(json.loads(encoded)) == txn
+
+
+# --- the fast paths agree with the rules -------------------------------------------------------
+
+# Payloads near the edges of what the fast path takes: its patterns allow a few values that only
+# the rules can refuse (a zero amount, February 30, a far offset at either end of the range).
+_OWN = {**VALID, "timestamp": "2026-11-24T09:30:00+00:00"}  # as CorePay writes it
+
+
+def _own(**changes: Any) -> dict[str, Any]:
+    return {**_OWN, **changes}
+
+
+_EDGES = [
+    _OWN,
+    VALID,
+    _own(amount="0"),
+    _own(amount="0.0000"),
+    _own(amount="0.0001"),
+    _own(amount="999999999999.9999"),
+    _own(amount="1000000000000"),
+    _own(amount="12.34567"),
+    _own(timestamp="2026-02-30T09:30:00+00:00"),
+    _own(timestamp="2026-11-24T24:00:00+00:00"),
+    _own(timestamp="1970-01-01T00:30:00+01:00"),
+    _own(timestamp="1970-01-01T00:30:00-01:00"),
+    _own(timestamp="2999-12-31T23:30:00-01:00"),
+    _own(timestamp="2999-12-31T23:30:00+01:00"),
+    _own(timestamp="2026-11-24T09:30:00.123456+00:00"),
+    _own(timestamp="2026-11-24T09:30:00.1234567+00:00"),
+    _own(timestamp="2026-11-24T09:30:00+29:59"),
+    _own(schema_version=1),
+    _own(schema_version=True),
+    _own(schema_version=1.0),
+    {**_own(schema_version=1), "extra": 1},
+    _own(timestamp="2026-11-24T09:30:00z"),
+    _own(timestamp="2026-11-24 09:30:00Z"),
+    _own(timestamp="2026-11-24T09:30:00.000001Z"),
+    {k: v for k, v in _OWN.items() if k != "country"} | {"extra": "DE"},
+]
+
+
+def _own_form(txn: Any) -> dict[str, Any]:
+    return json.loads(encode_transaction(txn))  # type: ignore[no-any-return]
+
+
+def _by_the_rules(payload: Any) -> Any:
+    try:
+        return wire._by_the_rules(payload)
+    except ValidationError as exc:
+        return sorted(e.field for e in exc.errors)
+
+
+@given(
+    st.one_of(
+        cst.transactions().map(_own_form),
+        cst.valid_payloads(),
+        cst.invalid_payloads(objects_only=True).map(lambda case: case.payload),
+        st.sampled_from(_EDGES),
+    )
+)
+def test_the_fast_path_takes_only_what_the_rules_take_and_builds_the_same(payload: Any) -> None:
+    fast = wire._well_formed(payload)
+
+    if fast is not None:
+        ruled = _by_the_rules(payload)
+        assert fast == ruled
+        assert str(fast.amount) == str(ruled.amount)
+        assert fast.timestamp.utcoffset() == ruled.timestamp.utcoffset()
+
+
+@given(cst.transactions())
+def test_the_fast_path_takes_what_corepay_writes(txn: Any) -> None:
+    assert wire._well_formed(_own_form(txn)) == txn
+
+
+@pytest.mark.parametrize("payload", _EDGES)
+def test_edge_payloads_parse_as_the_rules_say(payload: dict[str, Any]) -> None:
+    try:
+        parsed: Any = parse_transaction(payload)
+    except ValidationError as exc:
+        parsed = sorted(e.field for e in exc.errors)
+
+    assert parsed == _by_the_rules(payload)
+
+
+_ODD_BODIES = [
+    b'{"amount":"1.00","amount":"2.00"}',
+    orjson.dumps(_OWN)[:-1] + b',"country":"FR"}',
+    orjson.dumps(_own(amount=12.5)),
+    orjson.dumps(_own(amount=12.5)).replace(b"12.5", b"12.50"),
+    orjson.dumps(_own(amount=0.1)),
+    orjson.dumps(_own(amount=1e-5)),
+    orjson.dumps(_own(amount=1e16)),
+    orjson.dumps(_own(schema_version=1.0)),
+    json.dumps(_own(amount=float("nan"))).encode(),
+]
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _bodies() -> st.SearchStrategy[bytes]:
+    payloads = st.one_of(
+        cst.transactions().map(_own_form), cst.valid_payloads(), st.sampled_from(_EDGES)
+    )
+    return st.one_of(
+        payloads.map(orjson.dumps),
+        payloads.map(lambda p: json.dumps(p).encode()),
+        cst.invalid_payloads().map(lambda case: _compact(case.payload)),
+        cst.arbitrary_bodies(),
+    )
+
+
+def _read(parse: Any, body: bytes) -> Any:
+    try:
+        txn = parse_transaction(parse(body))
+    except ValidationError as exc:
+        return sorted(e.field for e in exc.errors)
+    return txn, str(txn.amount), txn.timestamp.utcoffset()
+
+
+@given(_bodies())
+def test_message_values_parse_as_request_bodies_do(body: bytes) -> None:
+    assert _read(wire._message_json, body) == _read(parse_json, body)
+
+
+@pytest.mark.parametrize("body", _ODD_BODIES)
+def test_odd_message_values_parse_as_request_bodies_do(body: bytes) -> None:
+    assert _read(wire._message_json, body) == _read(parse_json, body)
 
 
 def test_amount_string_keeps_its_decimal_value() -> None:
