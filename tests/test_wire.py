@@ -7,6 +7,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
+import attrs
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 import strategies as cst
 from corepay import wire
 from corepay.errors import DecodeError, ValidationError
+from corepay.models import Path
 from corepay.wire import (
     MAX_AMOUNT,
     TRANSACTION_FIELDS,
@@ -25,6 +27,7 @@ from corepay.wire import (
     decode_twin,
     encode_alert,
     encode_outcome,
+    encode_outcomes,
     encode_transaction,
     encode_twin,
     encode_twins,
@@ -397,12 +400,30 @@ def test_twin_round_trips(twin: Any) -> None:
     assert [type(v) for v in (decoded.amount_sum, decoded.amount_min)] == [Decimal, Decimal]
 
 
+# The encoders hand datetimes to orjson, and the outcome encoders share each transaction's
+# encoding; the bytes must be exactly the compact JSON of the wire form all the same (as orjson
+# writes it: its floats are as short as the stdlib's but may differ in form, 0.00001 for 1e-05).
+def compact(obj: Any) -> bytes:
+    return orjson.dumps(obj)
+
+
+@given(st.lists(cst.outcomes(), max_size=4))
+def test_encoded_outcomes_are_exactly_the_json_of_their_wire_form(outcomes: list[Any]) -> None:
+    shared = [*outcomes, *(attrs.evolve(o, path=Path.SIMULATION) for o in outcomes)]
+
+    expected = [compact(outcome_to_wire(o)) for o in shared]
+
+    assert encode_outcomes(shared) == expected
+    assert [encode_outcome(o) for o in shared] == expected
+
+
+@given(cst.alerts())
+def test_encoded_alerts_are_exactly_the_json_of_their_wire_form(alert: Any) -> None:
+    assert encode_alert(alert) == compact(alert_to_wire(alert))
+
+
 @given(st.lists(cst.twins(), max_size=3))
 def test_encoded_twins_are_exactly_the_json_of_their_wire_form(twins: list[Any]) -> None:
-    # The encoder hands datetimes to orjson; the text must be what isoformat() gives.
-    def compact(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
     for twin in twins:
         assert encode_twin(twin) == compact(twin_to_wire(twin))
     assert encode_twins(twins) == compact({"twins": [twin_to_wire(t) for t in twins]})

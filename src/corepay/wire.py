@@ -42,6 +42,7 @@ __all__ = [
     "decode_twin",
     "encode_alert",
     "encode_outcome",
+    "encode_outcomes",
     "encode_transaction",
     "encode_twin",
     "encode_twins",
@@ -354,11 +355,20 @@ def transaction_to_wire(txn: Transaction) -> dict[str, Any]:
 
 
 def outcome_to_wire(outcome: Outcome) -> dict[str, Any]:
+    return _outcome_document(outcome, transaction_to_wire(outcome.transaction), _time)
+
+
+def _outcome_document(
+    outcome: Outcome, transaction: Any, time: Callable[[datetime | None], Any]
+) -> dict[str, Any]:
+    # ``time`` is as for _twin_document; ``transaction`` is the embedded transaction's wire
+    # form, or that form already encoded (an orjson.Fragment) when it is shared.
     timings = outcome.timings
+    txn = outcome.transaction
     return {
         "schema_version": SCHEMA_VERSION,
-        "transaction_id": outcome.transaction_id,
-        "customer_id": outcome.customer_id,
+        "transaction_id": txn.transaction_id,
+        "customer_id": txn.customer_id,
         "path": outcome.path.value,
         "decision": outcome.decision.value,
         "score": outcome.score,
@@ -369,16 +379,24 @@ def outcome_to_wire(outcome: Outcome) -> dict[str, Any]:
         "twin_lag": outcome.twin_lag,
         "fresh_decision": None if outcome.fresh_decision is None else outcome.fresh_decision.value,
         "timings": {
-            "ingested_at": _time(timings.ingested_at),
-            "decided_at": _time(timings.decided_at),
+            "ingested_at": time(timings.ingested_at),
+            "decided_at": time(timings.decided_at),
             "elapsed_ms": timings.elapsed_ms,
             "gateway_ms": timings.gateway_ms,
         },
-        "transaction": transaction_to_wire(outcome.transaction),
+        "transaction": transaction,
     }
 
 
 def alert_to_wire(alert: DivergenceAlert) -> dict[str, Any]:
+    return _alert_document(alert, outcome_to_wire, datetime.isoformat)
+
+
+def _alert_document(
+    alert: DivergenceAlert,
+    outcome: Callable[[Outcome], Any],
+    time: Callable[[datetime], Any],
+) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "alert_id": alert.alert_id,
@@ -386,9 +404,9 @@ def alert_to_wire(alert: DivergenceAlert) -> dict[str, Any]:
         "transaction_id": alert.transaction_id,
         "customer_id": alert.customer_id,
         "detail": alert.detail,
-        "detected_at": alert.detected_at.isoformat(),
-        "live": None if alert.live is None else outcome_to_wire(alert.live),
-        "simulation": None if alert.simulation is None else outcome_to_wire(alert.simulation),
+        "detected_at": time(alert.detected_at),
+        "live": None if alert.live is None else outcome(alert.live),
+        "simulation": None if alert.simulation is None else outcome(alert.simulation),
     }
 
 
@@ -438,11 +456,37 @@ def encode_transaction(txn: Transaction) -> bytes:
 
 
 def encode_outcome(outcome: Outcome) -> bytes:
-    return _dumps(outcome_to_wire(outcome))
+    return encode_outcomes((outcome,))[0]
+
+
+def encode_outcomes(outcomes: Iterable[Outcome]) -> list[bytes]:
+    """:func:`encode_outcome` of each; a transaction several of them share is encoded once (the
+    engine's live and simulation outcomes of a batch share every transaction)."""
+    shared = _SharedTransactions()
+    return [_dumps(_outcome_document(o, shared.encoded(o.transaction), _as_is)) for o in outcomes]
 
 
 def encode_alert(alert: DivergenceAlert) -> bytes:
-    return _dumps(alert_to_wire(alert))
+    shared = _SharedTransactions()
+    return _dumps(
+        _alert_document(
+            alert, lambda o: _outcome_document(o, shared.encoded(o.transaction), _as_is), _as_is
+        )
+    )
+
+
+class _SharedTransactions:
+    """Each transaction's encoding, made once per transaction object."""
+
+    def __init__(self) -> None:
+        # By identity: the outcomes being encoded hold every transaction alive meanwhile.
+        self._done: dict[int, orjson.Fragment] = {}
+
+    def encoded(self, txn: Transaction) -> orjson.Fragment:
+        fragment = self._done.get(id(txn))
+        if fragment is None:
+            fragment = self._done[id(txn)] = orjson.Fragment(encode_transaction(txn))
+        return fragment
 
 
 def encode_twin(twin: Twin) -> bytes:
@@ -454,7 +498,7 @@ def encode_twins(twins: Iterable[Twin]) -> bytes:
     return _dumps({"twins": [_twin_document(t, _as_is) for t in twins]})
 
 
-def _as_is(value: datetime) -> datetime:
+def _as_is(value: Any) -> Any:
     return value
 
 

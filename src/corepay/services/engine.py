@@ -16,7 +16,7 @@ from corepay.scoring import DecisionPolicy
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.settings import Settings
 from corepay.twin_client import TwinClient
-from corepay.wire import decode_transaction, encode_outcome
+from corepay.wire import decode_transaction, encode_outcomes
 
 __all__ = ["EngineService", "build_engine"]
 
@@ -56,10 +56,10 @@ class EngineService(ConsumerService):
                 continue
             stamps.append(_ingested_at(message))
         live, simulation = self.engine.decide(txns, stamps)
-        for outcome in live:
-            records.append(Record(LIVE_OUTCOME, outcome.customer_id, encode_outcome(outcome)))
-        for outcome in simulation:
-            records.append(Record(SIMULATION_OUTCOME, outcome.customer_id, encode_outcome(outcome)))
+        outcomes = [*live, *simulation]
+        topics = [LIVE_OUTCOME] * len(live) + [SIMULATION_OUTCOME] * len(simulation)
+        for topic, outcome, value in zip(topics, outcomes, encode_outcomes(outcomes), strict=True):
+            records.append(Record(topic, outcome.customer_id, value))
         return Handled(records)
 
 
