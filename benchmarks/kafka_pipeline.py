@@ -418,6 +418,7 @@ class Tracker:
             group_id=None,
             enable_auto_commit=False,
             fetch_max_wait_ms=100,
+            metrics_enabled=False,
         )
         topics = [resolved] if alerts is None else [resolved, alerts]
         wanted = [TopicPartition(topic, p) for topic in topics for p in range(PARTITIONS)]
@@ -519,6 +520,7 @@ class Sender:
             linger_ms=5,
             batch_size=65536,
             max_block_ms=30_000,
+            metrics_enabled=False,
         )
 
     def send(self, phase: Phase, index: int) -> None:

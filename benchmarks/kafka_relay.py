@@ -85,6 +85,7 @@ def relay(stage: str, bootstrap: str, run_id: str) -> None:
         group_id=f"relay-{run_id}-{stage}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        metrics_enabled=False,
     )
     producer = KafkaProducer(
         bootstrap_servers=[bootstrap],
@@ -92,6 +93,7 @@ def relay(stage: str, bootstrap: str, run_id: str) -> None:
         enable_idempotence=True,
         linger_ms=5,
         batch_size=65536,
+        metrics_enabled=False,
     )
     stop = False
 
