@@ -121,7 +121,12 @@ def _merge(twin: Twin | None, fresh: list[Outcome], policy: TwinPolicy) -> Twin:
         )
         for o, t in zip(fresh, txns, strict=True)
     ]
-    history = sorted([*(twin.history if twin else ()), *entries], key=_history_key)
+    entries.sort(key=_history_key)
+    kept = twin.history if twin else ()
+    if kept and _history_key(entries[0]) < _history_key(kept[-1]):
+        history = sorted([*kept, *entries], key=_history_key)
+    else:  # the usual case, payments arriving in time order: no need to sort it all again
+        history = [*kept, *entries]
     applied = (*(twin.applied if twin else ()), *(o.transaction_id for o in fresh))
     first = min(t.timestamp for t in txns)
     last = max(t.timestamp for t in txns)
