@@ -20,6 +20,7 @@ from corepay.models import Path
 from corepay.wire import (
     MAX_AMOUNT,
     TRANSACTION_FIELDS,
+    TwinDecoder,
     alert_to_wire,
     decode_alert,
     decode_outcome,
@@ -49,7 +50,15 @@ VALID = {
     "timestamp": "2026-11-24T09:30:00Z",
 }
 
-DECODERS = [decode_transaction, decode_outcome, decode_alert, decode_twin]
+# One TwinDecoder for every test that decodes with it, so it reuses entries the others decoded.
+_WARM = TwinDecoder(remember=50)
+
+
+def decode_twin_reusing(data: Any) -> Any:
+    return _WARM.decode(data)
+
+
+DECODERS = [decode_transaction, decode_outcome, decode_alert, decode_twin, decode_twin_reusing]
 
 
 def with_(**changes: Any) -> dict[str, Any]:
@@ -528,12 +537,43 @@ def test_twin_fixture_decodes() -> None:
 @settings(max_examples=150)
 @given(st.data())
 def test_decoding_damaged_twins_raises_only_decode_error(data: st.DataObject) -> None:
-    _decodes_or_raises_decode_error(decode_twin, _mutate(TWIN_WIRE, data))
+    damaged = _mutate(TWIN_WIRE, data)
+    _decodes_or_raises_decode_error(decode_twin, damaged)
+    _decodes_or_raises_decode_error(decode_twin_reusing, damaged)
 
 
-@pytest.mark.parametrize("entry", [[], ["t1"], "ab"], ids=["empty", "short", "string"])
-def test_decoding_twin_with_short_history_entry_raises_decode_error(entry: Any) -> None:
+@pytest.mark.parametrize("decode", [decode_twin, decode_twin_reusing], ids=lambda d: d.__name__)
+@pytest.mark.parametrize(
+    "entry", [[], ["t1"], "ab", [["t1"], *["x"] * 6]], ids=["empty", "short", "string", "nested"]
+)
+def test_decoding_twin_with_short_history_entry_raises_decode_error(
+    decode: Any, entry: Any
+) -> None:
     twin = {**TWIN_WIRE, "history": [entry]}
 
     with pytest.raises(DecodeError):
-        decode_twin(json.dumps(twin))
+        decode(json.dumps(twin))
+
+
+@settings(max_examples=50)
+@given(st.lists(cst.twins(), min_size=1, max_size=8), st.integers(1, 40))
+def test_a_twin_decoder_decodes_as_decode_twin_does(twins: list[Any], remember: int) -> None:
+    decoder = TwinDecoder(remember=remember)
+    # The same twins over and over, as an engine reads them: entries are reused, and forgotten.
+    for twin in [*twins, *reversed(twins), *twins]:
+        for data in (encode_twin(twin), twin_to_wire(twin)):
+            decoded = decoder.decode(data)
+
+            assert decoded == decode_twin(data) == twin
+            assert [type(h.amount) for h in decoded.history] == [Decimal] * len(twin.history)
+
+
+def test_a_twin_decoder_reuses_the_entries_it_decoded() -> None:
+    decoder = TwinDecoder()
+    first = decoder.decode(json.dumps(TWIN_WIRE))
+
+    again = decoder.decode(json.dumps(TWIN_WIRE))
+
+    assert again == first
+    assert all(a is b for a, b in zip(again.history, first.history, strict=True))
+    assert again.history

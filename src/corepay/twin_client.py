@@ -13,7 +13,7 @@ from corepay.connections import ThreadConnections
 from corepay.errors import BackendTimeoutError, ConfigurationError, DecodeError, UnavailableError
 from corepay.models import Twin
 from corepay.store import TwinStore
-from corepay.wire import decode_twin
+from corepay.wire import TwinDecoder
 
 __all__ = ["HttpTwinClient", "StoreTwinClient", "TwinClient"]
 
@@ -63,6 +63,7 @@ class HttpTwinClient(TwinClient):
         self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
         self.timeout = timeout
         self._connections = ThreadConnections(parts, timeout)
+        self._decoder = TwinDecoder()
 
     def _get(self, path: str) -> bytes:
         for attempt in (1, 2):  # a kept-alive connection the server closed is retried once
@@ -104,7 +105,7 @@ class HttpTwinClient(TwinClient):
             try:
                 docs = orjson.loads(body)["twins"]
                 for doc in docs:
-                    twin = decode_twin(doc)
+                    twin = self._decoder.decode(doc)
                     twins[twin.customer_id] = twin
             except (ValueError, KeyError, TypeError, DecodeError) as exc:
                 raise UnavailableError(

@@ -35,6 +35,7 @@ __all__ = [
     "MAX_AMOUNT",
     "SCHEMA_VERSION",
     "TRANSACTION_FIELDS",
+    "TwinDecoder",
     "alert_to_wire",
     "decode_alert",
     "decode_outcome",
@@ -605,8 +606,22 @@ def decode_alert(data: bytes | str | Mapping[str, Any]) -> DivergenceAlert:
     return _decoding("alert", _alert_from, data)  # type: ignore[no-any-return]
 
 
-def _twin_from(d: Mapping[str, Any]) -> Twin:
-    fromiso, decimal, decisions = datetime.fromisoformat, Decimal, _DECISIONS
+def _twin_from(
+    d: Mapping[str, Any], known: dict[tuple[Any, ...], HistoryEntry] | None = None
+) -> Twin:
+    fromiso, decimal = datetime.fromisoformat, Decimal
+    history = []
+    for raw in d["history"]:
+        key = tuple(raw)
+        entry = None if known is None else known.get(key)
+        if entry is None:
+            tid, at, amount, merchant, country, channel, decision = raw
+            entry = HistoryEntry(
+                tid, fromiso(at), decimal(amount), merchant, country, channel, _DECISIONS[decision]
+            )
+            if known is not None:
+                known[key] = entry
+        history.append(entry)
     return Twin(
         customer_id=d["customer_id"],
         version=int(d["version"]),
@@ -623,22 +638,33 @@ def _twin_from(d: Mapping[str, Any]) -> Twin:
         merchants=dict(d["merchants"]),
         countries=dict(d["countries"]),
         channels=dict(d["channels"]),
-        history=tuple(
-            [
-                HistoryEntry(
-                    tid,
-                    fromiso(at),
-                    decimal(amount),
-                    merchant,
-                    country,
-                    channel,
-                    decisions[decision],
-                )
-                for tid, at, amount, merchant, country, channel, decision in d["history"]
-            ]
-        ),
+        history=tuple(history),
         applied=tuple(d["applied"]),
     )
+
+
+class TwinDecoder:
+    """:func:`decode_twin` for a reader that decodes the same twins again and again.
+
+    A twin's history changes by an entry or two between reads, so the entries decoded before
+    are kept (up to ``remember``, keyed by their wire form) and reused: an entry is immutable,
+    and the same wire form decodes to the same entry. Threads may share one decoder.
+    """
+
+    def __init__(self, remember: int = 200_000) -> None:
+        self.remember = remember
+        self._known: dict[tuple[Any, ...], HistoryEntry] = {}
+
+    def decode(self, data: bytes | str | Mapping[str, Any]) -> Twin:
+        """As :func:`decode_twin`.
+
+        Raises:
+            DecodeError: not a twin in this format.
+        """
+        if len(self._known) > self.remember:
+            self._known.clear()  # simpler than LRU; the next reads refill it
+        twin = _decoding("twin", lambda d: _twin_from(d, self._known), data)
+        return twin  # type: ignore[no-any-return]
 
 
 def decode_twin(data: bytes | str | Mapping[str, Any]) -> Twin:
