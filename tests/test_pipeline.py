@@ -22,6 +22,7 @@ from corepay import (
     Pipeline,
     TrafficGenerator,
     UnavailableError,
+    ValidationError,
 )
 from corepay.models import Transaction, Twin
 from corepay.store import TwinStore
@@ -37,6 +38,25 @@ def _run(pipeline: Pipeline, count: int, customers: int, seed: int = 7) -> list[
         pipeline.submit_many(requests[start : start + 200])
         pipeline.drain()
     return requests
+
+
+def test_submit_many_puts_the_requests_before_an_invalid_one_on_the_bus_and_names_its_fault() -> (
+    None
+):
+    requests = list(TrafficGenerator(customers=5, seed=1).requests(6))
+    requests[3] = {**requests[3], "currency": "euro"}
+    bus = MemoryBus()
+    with Pipeline(bus) as pipeline:
+        with pytest.raises(ValidationError) as info:
+            pipeline.submit_many(requests)
+        pipeline.drain()
+
+        assert [e.field for e in info.value.errors] == ["currency"]
+        assert [json.loads(m.value)["transaction_id"] for m in bus.messages(RAW_TRANSACTIONS)] == [
+            r["transaction_id"] for r in requests[:3]
+        ]
+        assert pipeline.submitted == 3
+        assert sum(pipeline.decisions["live"].values()) == 3
 
 
 def test_every_transaction_is_decided_on_both_paths_and_divergences_alerted_exactly() -> None:

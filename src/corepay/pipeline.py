@@ -17,9 +17,11 @@ from corepay.backends.memory import MemoryBus, MemoryTwinStore
 from corepay.bus import ALL_TOPICS, Bus
 from corepay.divergence import DivergenceDetector, Pairing
 from corepay.engine import Engine
+from corepay.errors import ValidationError
 from corepay.gateway import PaymentGateway, SimulatedGateway
 from corepay.ingest import Accepted, Ingestor
 from corepay.metrics import LatencyRecorder
+from corepay.models import Transaction
 from corepay.paths import LivePath, SimulationPath, policy_for
 from corepay.riskmodel import RiskModel
 from corepay.scoring import Thresholds
@@ -28,6 +30,7 @@ from corepay.services.engine import EngineService
 from corepay.services.twin import TwinService
 from corepay.store import TwinStore
 from corepay.twin_client import StoreTwinClient
+from corepay.wire import parse_transaction
 
 __all__ = ["Pipeline"]
 
@@ -123,7 +126,25 @@ class Pipeline:
         return accepted
 
     def submit_many(self, payloads: Iterable[Any]) -> list[Accepted]:
-        return [self.submit(p) for p in payloads]
+        """Validate payment requests and put them on the bus in one publish.
+
+        Raises:
+            ValidationError: of the first invalid request, once the ones before it are on the
+                bus; none after it is submitted.
+        """
+        txns: list[Transaction] = []
+        invalid: ValidationError | None = None
+        for payload in payloads:
+            try:
+                txns.append(parse_transaction(payload))
+            except ValidationError as exc:
+                invalid = exc
+                break
+        accepted = self.ingestor.submit_transactions(txns) if txns else []
+        self.submitted += len(accepted)
+        if invalid is not None:
+            raise invalid
+        return accepted
 
     def step(self) -> int:
         """Let each service handle what is waiting for it, once. Returns messages handled."""
