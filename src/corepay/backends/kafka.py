@@ -47,6 +47,7 @@ from kafka.errors import (
     KafkaTimeoutError,
     TopicAlreadyExistsError,
 )
+from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.structs import OffsetAndMetadata
 
 from corepay.bus import CHANGELOG_SUFFIX, Bus, Consumer, Delivery, Message, Record, TopicPartition
@@ -150,6 +151,41 @@ def _translate(exc: Exception, what: str) -> Exception:
     return UnavailableError(f"Kafka: {what} failed: {type(exc).__name__}: {exc}")
 
 
+class KeyHashPartitioner(DefaultPartitioner):  # type: ignore[misc]
+    """Kafka's default partitioning (murmur2 of the key, as every Kafka client does it), with
+    each key's hash remembered.
+
+    kafka-python computes murmur2 in pure Python on every send, and looks the topic up in a set
+    it builds anew each time; with a few thousand customers' keys recurring, remembering the
+    hashes takes that off the cost of a send. Keyless sends are left to the default.
+    """
+
+    def __init__(self, remember: int = 100_000) -> None:
+        self.remember = remember
+        self._hashes: dict[bytes, int] = {}
+
+    def partition(
+        self,
+        topic: str,
+        key: Any,
+        serialized_key: bytes | None,
+        value: Any,
+        serialized_value: bytes | None,
+        cluster: Any,
+    ) -> int:
+        if serialized_key is None:
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)  # type: ignore[no-any-return]
+        partitions = cluster.partitions_for_topic(topic)
+        if not partitions:
+            raise ValueError(f"Topic {topic} not found in ClusterMetadata")
+        hashed = self._hashes.get(serialized_key)
+        if hashed is None:
+            if len(self._hashes) >= self.remember:
+                self._hashes.clear()
+            hashed = self._hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF
+        return sorted(partitions)[hashed % len(partitions)]  # type: ignore[no-any-return]
+
+
 class KafkaBus(Bus):
     """A :class:`~corepay.bus.Bus` on an Apache Kafka cluster."""
 
@@ -196,6 +232,7 @@ class KafkaBus(Bus):
             "retry_backoff_ms": 100,
             # kafka-python's own metrics cost ~10% of its CPU per message; CorePay keeps its own.
             "metrics_enabled": False,
+            "partitioner": KeyHashPartitioner(),
         }
         self._consumer_config: dict[str, Any] = {
             "bootstrap_servers": self.bootstrap_servers,
