@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import logging
 import signal
@@ -261,30 +259,4 @@ def serve(service: str, settings: Settings) -> None:
         raise ConfigurationError(
             f"unknown service {service!r}; choose one of {', '.join(SERVICES)}"
         )
-    _keep_freed_memory()
     run(settings, _stop_on_signals())
-
-
-# glibc's mallopt parameters, and what a service sets them to.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-_MALLOPT = {_M_TRIM_THRESHOLD: 128 << 20, _M_TOP_PAD: 16 << 20, _M_MMAP_THRESHOLD: 8 << 20}
-
-
-def _keep_freed_memory() -> bool:
-    """Have the C allocator keep memory a batch freed for the next batch (glibc only).
-
-    A service allocates and frees about the same memory with every batch: message values,
-    their encodings, Kafka's buffers. glibc hands freed memory at the top of the heap back to
-    the system once it passes 128 KiB, so the next batch faults fresh pages in again; encoding
-    an outcome took 11 us instead of 5. With these settings up to 128 MiB of freed memory
-    stays with the process, and blocks up to 8 MiB come from the heap rather than ``mmap``.
-    Returns whether the allocator took the settings.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without it): nothing to tune
-        return False
-    taken = all(mallopt(param, value) == 1 for param, value in _MALLOPT.items())
-    log.debug("allocator settings %s", "taken" if taken else "refused")
-    return taken
