@@ -50,12 +50,12 @@ VALID = {
     "timestamp": "2026-11-24T09:30:00Z",
 }
 
-# One TwinDecoder for every test that decodes with it, so it reuses entries the others decoded.
-_WARM = TwinDecoder(remember=50)
-
 
 def decode_twin_reusing(data: Any) -> Any:
-    return _WARM.decode(data)
+    """decode_twin through a TwinDecoder that has decoded the fixture twin, so it reuses entries."""
+    decoder = TwinDecoder()
+    decoder.decode(TWIN_WIRE)
+    return decoder.decode(data)
 
 
 DECODERS = [decode_transaction, decode_outcome, decode_alert, decode_twin, decode_twin_reusing]
@@ -202,7 +202,19 @@ _ODD_BODIES = [
     orjson.dumps(_own(amount=1e16)),
     orjson.dumps(_own(schema_version=1.0)),
     json.dumps(_own(amount=float("nan"))).encode(),
+    b'{"x":' + b"[" * 300 + b"]" * 300 + b"}",  # deeper than orjson writes, not than it reads
+    b"[" * 1100 + b"]" * 1100,  # deeper than orjson reads
 ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"transaction_id":"\\ud800"}', '{"transaction_id":"\ud800"}'],
+    ids=["escaped", "raw"],
+)
+def test_a_message_value_with_a_lone_surrogate_is_a_decode_error(text: str) -> None:
+    with pytest.raises(DecodeError):
+        decode_transaction(text)
 
 
 def _compact(value: Any) -> bytes:
@@ -426,6 +438,19 @@ def test_encoded_outcomes_are_exactly_the_json_of_their_wire_form(outcomes: list
     assert [encode_outcome(o) for o in shared] == expected
 
 
+@given(cst.outcomes())
+def test_encoded_outcomes_from_a_generator_each_carry_their_own_transaction(outcome: Any) -> None:
+    # Each outcome (and its transaction) is dropped once encoded, so object ids are reused.
+    def outcomes() -> Any:
+        for i in range(50):
+            txn = parse_transaction(_own(transaction_id=f"txn-{i}"))
+            yield attrs.evolve(outcome, transaction=txn)
+
+    encoded = [json.loads(v) for v in encode_outcomes(outcomes())]
+
+    assert [o["transaction"]["transaction_id"] for o in encoded] == [f"txn-{i}" for i in range(50)]
+
+
 @given(cst.alerts())
 def test_encoded_alerts_are_exactly_the_json_of_their_wire_form(alert: Any) -> None:
     assert encode_alert(alert) == compact(alert_to_wire(alert))
@@ -566,6 +591,19 @@ def test_a_twin_decoder_decodes_as_decode_twin_does(twins: list[Any], remember: 
 
             assert decoded == decode_twin(data) == twin
             assert [type(h.amount) for h in decoded.history] == [Decimal] * len(twin.history)
+
+
+def test_a_twin_decoder_decodes_values_that_compare_equal_each_as_itself() -> None:
+    # In a tuple 1 == 1.0 == True: entries with such values must not stand for one another.
+    entry = TWIN_WIRE["history"][0]
+    decoder = TwinDecoder()
+
+    for tid in (1, True, 1.0, "1"):
+        twin = {**TWIN_WIRE, "history": [[tid, *entry[1:]]]}
+        decoded = decoder.decode(json.dumps(twin))
+
+        assert decoded == decode_twin(json.dumps(twin))
+        assert type(decoded.history[0].transaction_id) is type(tid)
 
 
 def test_a_twin_decoder_reuses_the_entries_it_decoded() -> None:

@@ -64,12 +64,14 @@ from corepay.training import TrainingConfig, default_model, train
 from corepay.twin import TwinPolicy, apply_outcome, apply_outcomes
 from corepay.twin_client import HttpTwinClient, StoreTwinClient, TwinClient
 from corepay.wire import (
+    TwinDecoder,
     decode_alert,
     decode_outcome,
     decode_transaction,
     decode_twin,
     encode_alert,
     encode_outcome,
+    encode_outcomes,
     encode_transaction,
     encode_twin,
     parse_transaction,
@@ -136,6 +138,7 @@ __all__ = [
     "Transaction",
     "Twin",
     "TwinClient",
+    "TwinDecoder",
     "TwinPolicy",
     "TwinStore",
     "UnavailableError",
@@ -149,6 +152,7 @@ __all__ = [
     "default_model",
     "encode_alert",
     "encode_outcome",
+    "encode_outcomes",
     "encode_transaction",
     "encode_twin",
     "feature_matrix",

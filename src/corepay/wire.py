@@ -122,14 +122,14 @@ def _message_json(data: bytes | str) -> Any:
     float, so the float stands for exactly the decimal :func:`parse_json` would give. Anything
     else goes through :func:`parse_json`.
     """
-    raw = data.encode() if isinstance(data, str) else data
     try:
+        raw = data.encode() if isinstance(data, str) else data
         obj = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return parse_json(data)
-    if orjson.dumps(obj) != raw:
-        return parse_json(data)
-    return obj
+        if orjson.dumps(obj) == raw:
+            return obj
+    except (UnicodeEncodeError, orjson.JSONDecodeError, orjson.JSONEncodeError):
+        pass  # a lone surrogate, bad JSON, or nesting deeper than orjson writes: the rules say
+    return parse_json(data)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -480,14 +480,14 @@ class _SharedTransactions:
     """Each transaction's encoding, made once per transaction object."""
 
     def __init__(self) -> None:
-        # By identity: the outcomes being encoded hold every transaction alive meanwhile.
-        self._done: dict[int, orjson.Fragment] = {}
+        # By identity, holding each transaction so that its id is not reused meanwhile.
+        self._done: dict[int, tuple[Transaction, orjson.Fragment]] = {}
 
     def encoded(self, txn: Transaction) -> orjson.Fragment:
-        fragment = self._done.get(id(txn))
-        if fragment is None:
-            fragment = self._done[id(txn)] = orjson.Fragment(encode_transaction(txn))
-        return fragment
+        done = self._done.get(id(txn))
+        if done is None:
+            done = self._done[id(txn)] = (txn, orjson.Fragment(encode_transaction(txn)))
+        return done[1]
 
 
 def encode_twin(twin: Twin) -> bytes:
@@ -612,15 +612,16 @@ def _twin_from(
     fromiso, decimal = datetime.fromisoformat, Decimal
     history = []
     for raw in d["history"]:
-        key = tuple(raw)
-        entry = None if known is None else known.get(key)
+        entry = None if known is None else known.get(tuple(raw))
         if entry is None:
             tid, at, amount, merchant, country, channel, decision = raw
             entry = HistoryEntry(
                 tid, fromiso(at), decimal(amount), merchant, country, channel, _DECISIONS[decision]
             )
-            if known is not None:
-                known[key] = entry
+            # Only all-text entries are kept: in a tuple 1 == 1.0 == True, so a key with other
+            # values could stand for an entry that decodes differently.
+            if known is not None and all(type(v) is str for v in raw):
+                known[tuple(raw)] = entry
         history.append(entry)
     return Twin(
         customer_id=d["customer_id"],
@@ -651,7 +652,7 @@ class TwinDecoder:
     and the same wire form decodes to the same entry. Threads may share one decoder.
     """
 
-    def __init__(self, remember: int = 200_000) -> None:
+    def __init__(self, remember: int = 50_000) -> None:
         self.remember = remember
         self._known: dict[tuple[Any, ...], HistoryEntry] = {}
 
