@@ -128,9 +128,14 @@ class Pipeline:
     def submit_many(self, payloads: Iterable[Any]) -> list[Accepted]:
         """Validate payment requests and put them on the bus in one publish.
 
+        The requests are stamped as ingested together, when the bus takes them.
+
         Raises:
             ValidationError: of the first invalid request, once the ones before it are on the
                 bus; none after it is submitted.
+            UnavailableError, BackendTimeoutError: the bus did not take them all (see
+                :meth:`Ingestor.submit_transactions`); this comes first, before any
+                ``ValidationError`` of a later request.
         """
         txns: list[Transaction] = []
         invalid: ValidationError | None = None
