@@ -464,20 +464,15 @@ def encode_outcomes(outcomes: Iterable[Outcome]) -> list[bytes]:
     """:func:`encode_outcome` of each; a transaction several of them share is encoded once (the
     engine's live and simulation outcomes of a batch share every transaction)."""
     shared = _SharedTransactions()
-    return [_dumps(_outcome_document(o, shared.encoded(o.transaction), _as_is)) for o in outcomes]
+    return [_dumps(shared.document(o)) for o in outcomes]
 
 
 def encode_alert(alert: DivergenceAlert) -> bytes:
-    shared = _SharedTransactions()
-    return _dumps(
-        _alert_document(
-            alert, lambda o: _outcome_document(o, shared.encoded(o.transaction), _as_is), _as_is
-        )
-    )
+    return _dumps(_alert_document(alert, _SharedTransactions().document, _as_is))
 
 
 class _SharedTransactions:
-    """Each transaction's encoding, made once per transaction object."""
+    """Outcome documents for orjson, each transaction encoded once per transaction object."""
 
     def __init__(self) -> None:
         # By identity, holding each transaction so that its id is not reused meanwhile.
@@ -488,6 +483,9 @@ class _SharedTransactions:
         if done is None:
             done = self._done[id(txn)] = (txn, orjson.Fragment(encode_transaction(txn)))
         return done[1]
+
+    def document(self, outcome: Outcome) -> dict[str, Any]:
+        return _outcome_document(outcome, self.encoded(outcome.transaction), _as_is)
 
 
 def encode_twin(twin: Twin) -> bytes:
