@@ -45,7 +45,7 @@ from datetime import timedelta
 import numpy as np
 
 from corepay.errors import ConfigurationError
-from corepay.models import Transaction, Twin
+from corepay.models import Transaction, Twin, epoch_us
 
 __all__ = [
     "FEATURES",
@@ -161,6 +161,7 @@ _UNKNOWN_CURRENCY_LOG_AMOUNT = math.log10(35.0)
 _TINY_EUR = 3.0
 _THIN_HISTORY = 3
 _WINDOWS = (timedelta(minutes=10), timedelta(hours=1), timedelta(hours=24))
+_WINDOWS_US = tuple(w // timedelta(microseconds=1) for w in _WINDOWS)
 #: ``log_since_last`` of a customer with no earlier payment: as if the last was ~12 days ago.
 _NEVER = 6.0
 
@@ -228,14 +229,18 @@ def _twin_row(txn: Transaction, twin: Twin | None) -> tuple[float, ...]:
     std = math.sqrt(max(float(twin.amount_variance), 0.0))
     ratio = min(max(math.log10(amount / max(mean, 0.01)), -2.0), 3.0)
     zscore = min(max((amount - mean) / max(std, 0.25 * mean, 0.01), -3.0), 10.0)
-    at = txn.timestamp
-    stamps = sorted([h.timestamp for h in twin.history])
+    # Times as exact epoch microseconds: the same comparisons and differences as datetimes'
+    # at a fraction of the cost (timedelta.total_seconds() is microseconds / 10**6 too).
+    at = epoch_us(txn.timestamp)
+    stamps = sorted([h.epoch_us for h in twin.history])
     before = bisect.bisect_left(stamps, at)  # stamps[:before] are the payments before this one
-    velocities = [float(before - bisect.bisect_left(stamps, at - w, 0, before)) for w in _WINDOWS]
+    velocities = [
+        float(before - bisect.bisect_left(stamps, at - w, 0, before)) for w in _WINDOWS_US
+    ]
     if before:
-        since = math.log10(1.0 + (at - stamps[before - 1]).total_seconds())
-    elif twin.last_seen < at:
-        since = math.log10(1.0 + (at - twin.last_seen).total_seconds())
+        since = math.log10(1.0 + (at - stamps[before - 1]) / 1_000_000)
+    elif (last := epoch_us(twin.last_seen)) < at:
+        since = math.log10(1.0 + (at - last) / 1_000_000)
     else:
         since = _NEVER
     return (

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import decimal
 import enum
+import functools
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import attrs
@@ -23,7 +24,20 @@ __all__ = [
     "Timings",
     "Transaction",
     "Twin",
+    "epoch_us",
 ]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# Wide enough for n * sum of squares of any amounts CorePay accepts, over billions of payments.
+_WIDE = decimal.Context(prec=80)
+
+
+def epoch_us(moment: datetime) -> int:
+    """An aware datetime as whole microseconds since 1970-01-01T00:00Z (exact, unlike
+    ``timestamp()``, a float)."""
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 class Decision(enum.StrEnum):
@@ -151,6 +165,15 @@ class HistoryEntry:
     channel: str
     decision: Decision
 
+    @functools.cached_property
+    def epoch_us(self) -> int:
+        """``timestamp`` as whole microseconds since 1970-01-01T00:00Z, exactly.
+
+        Comparing aware datetimes works out both offsets every time; twin features compare a
+        twin's history many times over, so they compare these instead (worked out once).
+        """
+        return epoch_us(self.timestamp)
+
 
 @attrs.frozen
 class Twin:
@@ -190,9 +213,10 @@ class Twin:
         if not self.count:
             return Decimal(0)
         # (n * sumsq - sum^2) / n^2 exactly, then one rounding: no cancellation error.
-        with decimal.localcontext(prec=80):
-            n = Decimal(self.count)
-            spread = n * self.amount_sumsq - self.amount_sum * self.amount_sum
+        n = Decimal(self.count)
+        spread = _WIDE.subtract(
+            _WIDE.multiply(n, self.amount_sumsq), _WIDE.multiply(self.amount_sum, self.amount_sum)
+        )
         return +(spread / (n * n))
 
     @property
