@@ -333,7 +333,15 @@ _FIELD_RULES: dict[str, Callable[[Any], Any]] = {
 
 
 def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj)  # compact UTF-8, as json.dumps(separators=(",", ":")) but faster
+    """Compact UTF-8, as ``json.dumps(separators=(",", ":"))`` but faster (orjson).
+
+    orjson writes into a buffer of at least 1 KiB from the system allocator and shrinks it in
+    place. When the result is kept (the memory bus and store keep every value), the space cut
+    off is too small to be reused, so each encoding touches fresh memory: about 10 us instead
+    of 1 for a 700-byte outcome, and more resident memory. A right-sized copy, made at once and
+    the buffer freed, costs about 0.1 us.
+    """
+    return memoryview(orjson.dumps(obj)).tobytes()
 
 
 def _time(value: datetime | None) -> str | None:
