@@ -25,7 +25,7 @@ from corepay.divergence import DivergenceDetector, Pairing
 from corepay.errors import DecodeError
 from corepay.observability import DIVERGENCES
 from corepay.services.runner import ConsumerService, Handled, dead_letter
-from corepay.wire import decode_outcome, encode_alert
+from corepay.wire import decode_outcome, encode_alert, encode_json
 
 __all__ = ["DETECTOR_CHANGELOG", "DetectorService"]
 
@@ -215,7 +215,7 @@ class DetectorService(ConsumerService):
         # An entry that claims an alert waits until the alert is on the bus; one that claims
         # none goes out with the batch's first publish, a round trip sooner.
         (resolved if pairing.alert is not None else records).append(
-            Record(DETECTOR_CHANGELOG, some.customer_id, json.dumps(entry).encode())
+            Record(DETECTOR_CHANGELOG, some.customer_id, encode_json(entry))
         )
         if self.on_pairing is not None:
             try:
