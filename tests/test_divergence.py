@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -511,3 +512,35 @@ def test_a_copy_read_after_a_held_half_is_re_read_with_its_original_pair() -> No
     assert [(a.transaction_id, a.kind) for a in published_alerts(bus)] == [
         ("X", AlertKind.DECISION_MISMATCH)
     ]
+
+
+def test_a_copy_of_a_resolved_transaction_is_committed_with_its_uncommitted_halves() -> None:
+    # live: H (held), A, Y (held), copy of A; simulation: A, then H. A is resolved when its
+    # copy arrives, with both halves still uncommitted (H holds the live cut below them).
+    # Once H resolves, Y holds the cut between A and its copy; re-read alone after a restart
+    # the copy would wait for a partner that is not coming. Tied to A's halves, all three are
+    # re-read together. The changelog is left out of reach (the restart is past its window),
+    # so the tie alone has to do it.
+    bus = MemoryBus(partitions=1)
+    clock = Clock(time.time())
+    publish(bus, live("H"))
+    publish(bus, live("A"))
+    publish(bus, simulation("A"))
+    first = detector_service(bus, clock, replay_window=0.0)
+    drain(first)
+    publish(bus, live("Y"))
+    publish(bus, live("A"))  # the copy
+    drain(first)
+    publish(bus, simulation("H"))
+    drain(first)
+    first.close()
+
+    clock.now += 120  # past the pairing timeout: the changelog replay starts after A's entry
+    restarted = detector_service(bus, clock, replay_window=0.0)
+    publish(bus, simulation("Y"))
+    drain(restarted)
+    clock.now += 60
+    drain(restarted)
+    restarted.close()
+
+    assert [(a.transaction_id, a.kind) for a in published_alerts(bus)] == []

@@ -73,8 +73,10 @@ class DetectorService(ConsumerService):
         # Where both halves of recently paired transactions were read, until both are committed.
         self._pairs: list[tuple[TopicPartition, int, TopicPartition, int]] = []
         # Where the halves of the last `link_window` resolved transactions were read, so a
-        # redelivered copy read later is tied to them (re-read together, or not at all).
-        self._resolved_at: dict[str, tuple[tuple[TopicPartition, int], ...]] = {}
+        # redelivered copy read later is tied to them (re-read together, or not at all). As
+        # plain (topic, partition, offset) tuples, which the garbage collector stops tracking:
+        # a full window of TopicPartition pairs is half a million objects to scan each time.
+        self._resolved_at: dict[str, tuple[tuple[str, int, int], ...]] = {}
         self.link_window = link_window
         self._tid_at: dict[tuple[TopicPartition, int], str] = {}
         self._last_cut: dict[TopicPartition, int] = {}
@@ -108,11 +110,10 @@ class DetectorService(ConsumerService):
                 # A copy of a resolved transaction: were it re-read alone after a restart, it
                 # would wait for a partner that is not coming and raise a false MISSING_*. Tie
                 # it to the halves not committed yet (committed ones are not read again).
-                self._pairs.extend(
-                    (*here, *there)
-                    for there in self._resolved_at[tid]
-                    if there[0] in self._next and there[1] >= self._last_cut.get(there[0], 0)
-                )
+                for topic, partition, offset in self._resolved_at[tid]:
+                    there = TopicPartition(topic, partition)
+                    if there in self._next and offset >= self._last_cut.get(there, 0):
+                        self._pairs.append((*here, there, offset))
             if tid not in self._held_at and self.detector.is_pending(tid):
                 # This message is the half-pair now held: its offset may not be committed yet.
                 self._held.setdefault(tp, {})[message.offset] = None
@@ -183,7 +184,7 @@ class DetectorService(ConsumerService):
         )
 
     def _remember(self, tid: str, where: tuple[tuple[TopicPartition, int], ...]) -> None:
-        self._resolved_at[tid] = where
+        self._resolved_at[tid] = tuple((tp.topic, tp.partition, offset) for tp, offset in where)
         if len(self._resolved_at) > self.link_window:
             del self._resolved_at[next(iter(self._resolved_at))]
 
