@@ -320,11 +320,20 @@ def _traffic(count: int, customers: int) -> list[dict]:
     return [{**r, "customer_id": f"{run}-{r['customer_id']}"} for r in generator.requests(count)]
 
 
-def _send(port: int, requests: list[dict]) -> None:
+def _send(port: int, requests: list[dict], per_second: float | None = None) -> None:
+    """POST each request, one at a time; at most ``per_second`` of them a second."""
     url = f"http://127.0.0.1:{port}/v1/transactions"
-    for request in requests:
+    started = time.monotonic()
+    for i, request in enumerate(requests):
+        if per_second is not None:
+            time.sleep(max(started + i / per_second - time.monotonic(), 0.0))
         status, body = _get(url, json.dumps(request).encode())
         assert status == 202, body
+
+
+#: Pace of the crash tests' payments: the stream has to outlast the kills and restarts,
+#: however fast the pipeline takes it (600 payments: 6 s, 1,500: 15 s).
+_MID_STREAM_RATE = 100.0
 
 
 def _check_invariants(services: Services, ids: set[str]) -> dict[str, list[dict]]:
@@ -391,7 +400,9 @@ def test_an_engine_killed_mid_stream_loses_nothing_and_double_counts_nothing(
     services.start_pipeline()
 
     requests = _traffic(600, customers=30)
-    sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
+    sender = threading.Thread(
+        target=_send, args=(services.ingestion_port, requests, _MID_STREAM_RATE)
+    )
     sender.start()
     services.wait_for_twin(requests[0]["customer_id"], deadline)  # the engine is at work...
     assert sender.is_alive()  # ...and transactions are still arriving
@@ -410,7 +421,9 @@ def test_engine_twin_and_detector_killed_in_turn_mid_stream_lose_and_repeat_noth
     deadline = time.monotonic() + 120
     services.start_pipeline()
     requests = _traffic(1500, customers=30)
-    sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
+    sender = threading.Thread(
+        target=_send, args=(services.ingestion_port, requests, _MID_STREAM_RATE)
+    )
     sender.start()
     services.wait_for_twin(requests[0]["customer_id"], deadline)
     restarts = {
@@ -454,7 +467,9 @@ def test_a_twin_service_killed_mid_stream_loses_nothing_and_double_counts_nothin
     deadline = time.monotonic() + 120
     services.start_pipeline(store=store)
     requests = _traffic(600, customers=30)
-    sender = threading.Thread(target=_send, args=(services.ingestion_port, requests))
+    sender = threading.Thread(
+        target=_send, args=(services.ingestion_port, requests, _MID_STREAM_RATE)
+    )
     sender.start()
     services.wait_for_twin(requests[0]["customer_id"], deadline)
     assert sender.is_alive()
