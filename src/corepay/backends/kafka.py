@@ -8,7 +8,8 @@ option                 default  meaning
 partitions             4        partitions of every topic CorePay creates (all equal, so the
                                 outcome topics stay co-partitioned)
 replication_factor     1        replicas of every topic CorePay creates
-linger_ms              5        producer: how long to wait to fill a batch
+linger_ms              5        producer: how long to wait to fill a batch (a publish
+                                flushes at once, as it waits for its acknowledgements)
 batch_size             524288   producer: most bytes per partition batch (the broker takes up
                                 to 1 MiB by default)
 compression_type       none     producer: ``gzip``, ``snappy``, ``lz4``, ``zstd`` or ``none``
@@ -342,6 +343,10 @@ class KafkaBus(Bus):
                 )
                 for r in records
             ]
+            # The caller waits for these acknowledgements, so lingering for more records would
+            # only add linger_ms to every hop: send them now. Threads sharing the producer (the
+            # ingestion API's) wait for each other's records too, which go out together.
+            producer.flush(timeout=self.publish_timeout)
             deadline = time.monotonic() + self.publish_timeout
             deliveries = []
             for future in futures:
