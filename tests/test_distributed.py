@@ -331,9 +331,32 @@ def _send(port: int, requests: list[dict], per_second: float | None = None) -> N
         assert status == 202, body
 
 
-#: Pace of the crash tests' payments: the stream has to outlast the kills and restarts,
-#: however fast the pipeline takes it (600 payments: 6 s, 1,500: 15 s).
-_MID_STREAM_RATE = 100.0
+class _Stream:
+    """The crash tests' payments, POSTed one by one from a thread at 100 a second, the last 50
+    held back until :meth:`finish`: the stream is still going whenever a test kills a service,
+    however fast the pipeline takes it, and goes on after the restart."""
+
+    rate = 100.0
+    held_back = 50
+
+    def __init__(self, port: int, requests: list[dict]) -> None:
+        self._release = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(port, requests))
+        self._thread.start()
+
+    def _run(self, port: int, requests: list[dict]) -> None:
+        cut = len(requests) - self.held_back
+        _send(port, requests[:cut], self.rate)
+        self._release.wait(timeout=120)
+        _send(port, requests[cut:], self.rate)
+
+    @property
+    def going(self) -> bool:
+        return self._thread.is_alive()
+
+    def finish(self) -> None:
+        self._release.set()
+        self._thread.join(timeout=120)
 
 
 def _check_invariants(services: Services, ids: set[str]) -> dict[str, list[dict]]:
@@ -400,15 +423,12 @@ def test_an_engine_killed_mid_stream_loses_nothing_and_double_counts_nothing(
     services.start_pipeline()
 
     requests = _traffic(600, customers=30)
-    sender = threading.Thread(
-        target=_send, args=(services.ingestion_port, requests, _MID_STREAM_RATE)
-    )
-    sender.start()
+    stream = _Stream(services.ingestion_port, requests)
     services.wait_for_twin(requests[0]["customer_id"], deadline)  # the engine is at work...
-    assert sender.is_alive()  # ...and transactions are still arriving
+    assert stream.going  # ...and transactions are still arriving
     services.kill("engine")
     services.start("engine-restarted", "engine", "--twin-url", services.twin_url)
-    sender.join(timeout=120)
+    stream.finish()
     _check_invariants(services, {r["transaction_id"] for r in requests})
 
 
@@ -421,10 +441,7 @@ def test_engine_twin_and_detector_killed_in_turn_mid_stream_lose_and_repeat_noth
     deadline = time.monotonic() + 120
     services.start_pipeline()
     requests = _traffic(1500, customers=30)
-    sender = threading.Thread(
-        target=_send, args=(services.ingestion_port, requests, _MID_STREAM_RATE)
-    )
-    sender.start()
+    stream = _Stream(services.ingestion_port, requests)
     services.wait_for_twin(requests[0]["customer_id"], deadline)
     restarts = {
         "engine": ("engine", "--twin-url", services.twin_url),
@@ -432,13 +449,13 @@ def test_engine_twin_and_detector_killed_in_turn_mid_stream_lose_and_repeat_noth
         "detector": ("detector",),
     }
     for name, args in restarts.items():
-        assert sender.is_alive()  # mid-stream
+        assert stream.going  # mid-stream
         services.kill(name)
         services.start(f"{name}-2", *args)
         if name == "twin":  # up again; it rebuilds its twins while the stream goes on
             services.wait_http(services.twin_port, deadline, probe="/healthz")
         time.sleep(1.0)
-    sender.join(timeout=120)
+    stream.finish()
     _check_invariants(services, {r["transaction_id"] for r in requests})
 
 
@@ -467,14 +484,11 @@ def test_a_twin_service_killed_mid_stream_loses_nothing_and_double_counts_nothin
     deadline = time.monotonic() + 120
     services.start_pipeline(store=store)
     requests = _traffic(600, customers=30)
-    sender = threading.Thread(
-        target=_send, args=(services.ingestion_port, requests, _MID_STREAM_RATE)
-    )
-    sender.start()
+    stream = _Stream(services.ingestion_port, requests)
     services.wait_for_twin(requests[0]["customer_id"], deadline)
-    assert sender.is_alive()
+    assert stream.going
     services.kill("twin")
     services.start("twin-2", "twin", "--port", str(services.twin_port), "--store", store)
     services.wait_http(services.twin_port, deadline, probe="/healthz")
-    sender.join(timeout=120)
+    stream.finish()
     _check_invariants(services, {r["transaction_id"] for r in requests})
