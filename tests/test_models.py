@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from datetime import timedelta, timezone
+from datetime import UTC, timedelta, timezone
 from pathlib import Path
 
 import attrs
@@ -162,6 +162,15 @@ def test_velocities_and_recency_match_counting_the_history_directly(minutes, dat
         assert row[name] == sum(1 for ts in earlier if ts >= at - timedelta(minutes=window))
     if earlier:
         assert row["log_since_last"] == math.log10(1.0 + (at - max(earlier)).total_seconds())
+
+
+def test_twin_features_take_naive_times_as_utc():
+    txns = _txns(40, customers=1)
+    naive = [
+        attrs.evolve(t, timestamp=t.timestamp.astimezone(UTC).replace(tzinfo=None)) for t in txns
+    ]
+    aware = twin_features([txns[-1]], [_twin_of(txns[:-1])])
+    assert twin_features([naive[-1]], [_twin_of(naive[:-1])]).tolist() == aware.tolist()
 
 
 def test_unknown_or_repeated_features_are_refused_by_name():

@@ -29,14 +29,21 @@ __all__ = [
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
 _MICROSECOND = timedelta(microseconds=1)
 # Wide enough for n * sum of squares of any amounts CorePay accepts, over billions of payments.
 _WIDE = decimal.Context(prec=80)
 
 
 def epoch_us(moment: datetime) -> int:
-    """An aware datetime as whole microseconds since 1970-01-01T00:00Z (exact, unlike
-    ``timestamp()``, a float)."""
+    """A datetime as whole microseconds since 1970-01-01T00:00Z (exact, unlike ``timestamp()``,
+    a float). A naive datetime is taken as UTC.
+
+    Differences of these are real elapsed time, also across a daylight-saving change of a
+    ``zoneinfo`` zone, where Python compares two datetimes of the same zone by wall clock.
+    """
+    if moment.tzinfo is None:
+        return (moment - _NAIVE_EPOCH) // _MICROSECOND
     return (moment - _EPOCH) // _MICROSECOND
 
 
