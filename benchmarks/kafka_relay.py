@@ -2,7 +2,7 @@
 
 Three relay processes stand in for the engine, the twin service and the divergence detector,
 each a bare kafka-python loop with the services' client settings (``acks=all``, idempotent,
-5 ms linger, 64 KiB batches; commits by hand after each batch's publish, without waiting):
+no linger, 512 KiB batches; commits by hand after each batch's publish, without waiting):
 
 - ``decide`` reads the payment requests and writes two messages per payment, the size of
   CorePay's live and simulation outcomes, to two topics;
@@ -57,9 +57,9 @@ from corepay import TrafficGenerator
 __all__ = ["run"]
 
 #: Bytes of each message written, as CorePay writes them (measured on generated traffic:
-#: outcomes about 705 bytes, changelog entries about 74).
+#: outcomes about 705 bytes, changelog entries about 69).
 OUTCOME_BYTES = 705
-CHANGELOG_BYTES = 74
+CHANGELOG_BYTES = 69
 STAGES = ("decide", "apply", "pair")
 
 
@@ -91,8 +91,8 @@ def relay(stage: str, bootstrap: str, run_id: str) -> None:
         bootstrap_servers=[bootstrap],
         acks="all",
         enable_idempotence=True,
-        linger_ms=5,
-        batch_size=65536,
+        linger_ms=0,
+        batch_size=524288,
         metrics_enabled=False,
     )
     stop = False

@@ -8,8 +8,9 @@ option                 default  meaning
 partitions             4        partitions of every topic CorePay creates (all equal, so the
                                 outcome topics stay co-partitioned)
 replication_factor     1        replicas of every topic CorePay creates
-linger_ms              5        producer: how long to wait to fill a batch (a publish
-                                flushes at once, as it waits for its acknowledgements)
+linger_ms              0        producer: how long to wait to fill a batch (a publish waits
+                                for its acknowledgements, so lingering only adds latency;
+                                records sent while the client is busy still go out together)
 batch_size             524288   producer: most bytes per partition batch (the broker takes up
                                 to 1 MiB by default)
 compression_type       none     producer: ``gzip``, ``snappy``, ``lz4``, ``zstd`` or ``none``
@@ -130,7 +131,7 @@ if not _checksums_in_c():
 _INT_OPTIONS = {
     "partitions": 4,
     "replication_factor": 1,
-    "linger_ms": 5,
+    "linger_ms": 0,
     "batch_size": 524288,
     "session_timeout_ms": 10000,
     "heartbeat_interval_ms": 1000,
@@ -197,7 +198,7 @@ class KafkaBus(Bus):
         *,
         partitions: int = 4,
         replication_factor: int = 1,
-        linger_ms: int = 5,
+        linger_ms: int = 0,
         batch_size: int = 524288,
         compression_type: str = "none",
         publish_timeout: float = 10.0,
@@ -343,10 +344,6 @@ class KafkaBus(Bus):
                 )
                 for r in records
             ]
-            # The caller waits for these acknowledgements, so lingering for more records would
-            # only add linger_ms to every hop: send them now. Threads sharing the producer (the
-            # ingestion API's) wait for each other's records too, which go out together.
-            producer.flush(timeout=self.publish_timeout)
             deadline = time.monotonic() + self.publish_timeout
             deliveries = []
             for future in futures:
