@@ -2,7 +2,7 @@
 
 Three relay processes stand in for the engine, the twin service and the divergence detector,
 each a bare kafka-python loop with the services' client settings (``acks=all``, idempotent,
-no linger, 512 KiB batches; commits by hand after each batch's publish, without waiting):
+5 ms linger, 512 KiB batches; commits by hand after each publish, without waiting):
 
 - ``decide`` reads the payment requests and writes two messages per payment, the size of
   CorePay's live and simulation outcomes, to two topics;
@@ -91,7 +91,7 @@ def relay(stage: str, bootstrap: str, run_id: str) -> None:
         bootstrap_servers=[bootstrap],
         acks="all",
         enable_idempotence=True,
-        linger_ms=0,
+        linger_ms=5,
         batch_size=524288,
         metrics_enabled=False,
     )

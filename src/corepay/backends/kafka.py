@@ -8,9 +8,7 @@ option                 default  meaning
 partitions             4        partitions of every topic CorePay creates (all equal, so the
                                 outcome topics stay co-partitioned)
 replication_factor     1        replicas of every topic CorePay creates
-linger_ms              0        producer: how long to wait to fill a batch (a publish waits
-                                for its acknowledgements, so lingering only adds latency;
-                                records sent while the client is busy still go out together)
+linger_ms              5        producer: how long to wait to fill a batch
 batch_size             524288   producer: most bytes per partition batch (the broker takes up
                                 to 1 MiB by default)
 compression_type       none     producer: ``gzip``, ``snappy``, ``lz4``, ``zstd`` or ``none``
@@ -131,7 +129,7 @@ if not _checksums_in_c():
 _INT_OPTIONS = {
     "partitions": 4,
     "replication_factor": 1,
-    "linger_ms": 0,
+    "linger_ms": 5,
     "batch_size": 524288,
     "session_timeout_ms": 10000,
     "heartbeat_interval_ms": 1000,
@@ -198,7 +196,7 @@ class KafkaBus(Bus):
         *,
         partitions: int = 4,
         replication_factor: int = 1,
-        linger_ms: int = 0,
+        linger_ms: int = 5,
         batch_size: int = 524288,
         compression_type: str = "none",
         publish_timeout: float = 10.0,
