@@ -2,7 +2,7 @@
 
 Three relay processes stand in for the engine, the twin service and the divergence detector,
 each a bare kafka-python loop with the services' client settings (``acks=all``, idempotent,
-5 ms linger, 512 KiB batches; commits by hand after each publish, without waiting):
+5 ms linger, 64 KiB batches; commits by hand after each publish, without waiting):
 
 - ``decide`` reads the payment requests and writes two messages per payment, the size of
   CorePay's live and simulation outcomes, to two topics;
@@ -92,7 +92,7 @@ def relay(stage: str, bootstrap: str, run_id: str) -> None:
         acks="all",
         enable_idempotence=True,
         linger_ms=5,
-        batch_size=524288,
+        batch_size=65536,
         metrics_enabled=False,
     )
     stop = False
