@@ -10,6 +10,7 @@ from typing import Any
 from corepay.backends.memory import MemoryBus, MemoryTwinStore
 from corepay.bus import ALL_TOPICS, dead_letter_topic
 from corepay.errors import ValidationError
+from corepay.heap import fewer_full_collections
 from corepay.pipeline import Pipeline
 from corepay.riskmodel import RiskModel
 from corepay.traffic import TrafficGenerator
@@ -58,14 +59,17 @@ def run_demo(
     traffic = TrafficGenerator(customers=customers, seed=seed)
     rejected: dict[str, int] = {}
     started = time.perf_counter()
-    with Pipeline(
-        bus,
-        store,
-        seed=seed,
-        batch_size=batch_size,
-        live_model=live_model,
-        twin_model=twin_model,
-    ) as pipeline:
+    with (
+        fewer_full_collections(),
+        Pipeline(
+            bus,
+            store,
+            seed=seed,
+            batch_size=batch_size,
+            live_model=live_model,
+            twin_model=twin_model,
+        ) as pipeline,
+    ):
         batch: list[dict[str, Any]] = []
         for serial, request in enumerate(traffic.requests(transactions), start=1):
             if serial % _MALFORMED_EVERY == 0:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import signal
 import threading
@@ -14,6 +13,7 @@ from flask import Flask
 from waitress import wasyncore
 from waitress.server import MultiSocketServer, create_server
 
+from corepay import heap
 from corepay.backends import open_bus, open_store
 from corepay.bus import ALL_TOPICS
 from corepay.divergence import DivergenceDetector
@@ -113,22 +113,6 @@ def _ops_server(
         yield
 
 
-def _settle_heap() -> None:
-    """Move everything built so far out of the garbage collector's way.
-
-    A service builds its long-lived objects (modules, models, clients; the twin service its
-    rebuilt twins) before its loop. Left in the collector's oldest generation, every full
-    collection walks them all again: in the engine that was a 60-150 ms pause every few
-    seconds under load, which each payment in flight waited out. Frozen, they are skipped.
-    A frozen object is still freed when its last reference goes; only a reference cycle
-    among frozen objects is never collected, and these long-lived ones form none that is
-    ever dropped.
-    """
-    gc.collect()
-    gc.freeze()
-    log.debug("%d objects frozen", gc.get_freeze_count())
-
-
 def _ingestion(settings: Settings, stop: threading.Event) -> None:
     from corepay.auth import Credentials
     from corepay.services.wsgi import serve_wsgi
@@ -175,7 +159,7 @@ def _engine(settings: Settings, stop: threading.Event) -> None:
             ):
                 bus.ensure_topics(ALL_TOPICS)
                 service = EngineService(bus, engine, max_records=settings.batch_size)
-                _settle_heap()
+                heap.settle()
                 service.run(stop)
     finally:
         twins.close()
@@ -189,8 +173,8 @@ def _twin(settings: Settings, stop: threading.Event) -> None:
         settings.store_url, username=settings.store_username, password=settings.store_password
     )
     with bus, store:
-        service = TwinService(bus, store, max_records=settings.batch_size, on_rebuilt=_settle_heap)
-        _settle_heap()
+        service = TwinService(bus, store, max_records=settings.batch_size, on_rebuilt=heap.settle)
+        heap.settle()
 
         def update() -> None:
             try:
@@ -222,7 +206,7 @@ def _detector(settings: Settings, stop: threading.Event) -> None:
     )
     with bus, _ops_server("detector", settings, checks(bus=bus)):
         service = DetectorService(bus, detector, max_records=settings.batch_size)
-        _settle_heap()
+        heap.settle()
         service.run(stop)
 
 
