@@ -42,6 +42,7 @@ from benchmarks.kafka_pipeline import (
     DEFAULT_DURATION,
     DEFAULT_PROBE_BACKLOG,
     DEFAULT_RATES,
+    DEFAULT_WARM,
     PARTITIONS,
     QUICK_DURATION,
     WARMUP_TIMEOUT,
@@ -50,7 +51,9 @@ from benchmarks.kafka_pipeline import (
     _cpu_seconds,
     _figures,
     _phases,
+    _send_warm,
     _wait_resolved,
+    _warm_phase,
 )
 from corepay import TrafficGenerator
 
@@ -143,11 +146,15 @@ def run(
     customers: int = DEFAULT_CUSTOMERS,
     probe: bool = True,
     probe_backlog: int = DEFAULT_PROBE_BACKLOG,
+    warm: float = DEFAULT_WARM,
     progress: Any = None,
 ) -> dict[str, Any]:
-    """Start the three relays on fresh topics, measure each rate and the probe, stop them."""
+    """Start the three relays on fresh topics, measure each rate and the probe, stop them.
+
+    First ``warm`` seconds of traffic, as the pipeline's benchmark sends (``_warm_phase``)."""
     say = progress or (lambda _msg: None)
     duration = QUICK_DURATION if quick else duration
+    warm = min(warm, QUICK_DURATION) if quick else warm
     run_id = uuid.uuid4().hex[:10]
     prefix = f"bench-{run_id}-"
     topics = _topics(run_id)
@@ -181,8 +188,9 @@ def run(
         generator = TrafficGenerator(customers=customers, seed=int(run_id[:6], 16))
         pool = probe_backlog + int(duration * 8000) if probe else None
         phases, more = _phases(generator, run_id, prefix, rates, duration, pool)
+        warm_phase = _warm_phase(generator, run_id, prefix, len(phases), warm)
         tracker = Tracker(bootstrap, prefix, resolved=topics["resolved"], alerts=None)
-        tracker.phases = {p.index: p for p in phases}
+        tracker.phases = {p.index: p for p in [*phases, warm_phase]}
         tracker.thread.start()
         sender = Sender(bootstrap, topic=topics["raw"])
         sender.paced(phases[0], 200.0)
@@ -190,6 +198,7 @@ def run(
         if len(phases[0].resolved) < len(phases[0].stamps):
             raise RuntimeError("relay warm-up did not resolve in time")
         say(f"relays warm after {time.monotonic() - began:.1f} s")
+        warm_figures = _send_warm(sender, tracker, warm_phase, drain, say)
 
         figures = []
         for phase, rate in zip(phases[1 : 1 + len(rates)], rates, strict=True):
@@ -237,6 +246,7 @@ def run(
         "rates": figures,
         "max_sustained_tps": None if probe_figures is None else probe_figures["resolved_tps"],
         "probe": probe_figures,
+        "warm": warm_figures,
         "message_bytes": {"outcome": OUTCOME_BYTES, "changelog": CHANGELOG_BYTES},
         "exit_codes": codes,
         "total_s": round(time.monotonic() - began, 1),
@@ -294,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="s per phase")
     parser.add_argument("--quick", action="store_true", help=f"{QUICK_DURATION:g} s per phase")
     parser.add_argument("--no-probe", action="store_true", help="skip the throughput probe")
+    parser.add_argument(
+        "--warm", type=float, default=DEFAULT_WARM, help="s of traffic before measuring"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.stage:
@@ -305,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         args.duration,
         args.quick,
         probe=not args.no_probe,
+        warm=args.warm,
         progress=lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True),
     )
     print(format_table(result))
