@@ -441,6 +441,12 @@ def _table(r: dict[str, Any]) -> str:
         )
     k = r.get("kafka_pipeline")
     if k and "rates" in k:
+        if k.get("warm"):
+            w = k["warm"]
+            lines.append(
+                f"over Kafka, first {k['config']['warm_s']:g} s at {w['offered_tps']:,.0f} txn/s "
+                f"to warm the broker up, not counted: p99 {w['latency_ms']['p99']:,.0f} ms"
+            )
         for x in k["rates"]:
             lat = x["latency_ms"]
             lines.append(
