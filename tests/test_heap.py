@@ -14,6 +14,21 @@ from corepay.demo import run_demo
 from corepay.training import default_model
 
 
+def _generational() -> bool:
+    """Whether this CPython's collector has an oldest-generation threshold to space out."""
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(before[0], before[1], 17)
+        return gc.get_threshold()[2] == 17
+    finally:
+        gc.set_threshold(*before)
+
+
+pytestmark = pytest.mark.skipif(
+    not _generational(), reason="this CPython's collector is incremental: nothing to space out"
+)
+
+
 @pytest.fixture
 def thresholds():
     before = gc.get_threshold()
@@ -33,6 +48,40 @@ def test_the_thresholds_are_restored_when_the_block_fails(thresholds) -> None:
     with pytest.raises(RuntimeError), heap.fewer_full_collections():
         raise RuntimeError("the run broke")
     assert gc.get_threshold() == (500, 7, 10)
+
+
+def test_a_change_made_within_the_block_stands(thresholds) -> None:
+    gc.set_threshold(700, 10, 10)
+    with heap.fewer_full_collections(100):
+        gc.set_threshold(2000, 10, 50)
+    assert gc.get_threshold() == (2000, 10, 50)
+
+
+def test_young_thresholds_changed_within_the_block_are_kept(thresholds) -> None:
+    gc.set_threshold(700, 10, 10)
+    with heap.fewer_full_collections(100):
+        gc.set_threshold(5000, 20, 100)
+    assert gc.get_threshold() == (5000, 20, 10)
+
+
+def test_overlapping_blocks_leave_the_process_as_it_was(thresholds) -> None:
+    # Two runs in two threads, the first finishing first: neither leaves its setting behind.
+    gc.set_threshold(700, 10, 10)
+    first, second = heap.fewer_full_collections(100), heap.fewer_full_collections(100)
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_nested_blocks_restore_in_turn(thresholds) -> None:
+    gc.set_threshold(700, 10, 10)
+    with heap.fewer_full_collections(100):
+        with heap.fewer_full_collections(300):
+            assert gc.get_threshold() == (700, 10, 300)
+        assert gc.get_threshold() == (700, 10, 100)
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 def test_a_process_that_collects_fully_less_often_already_is_left_so(thresholds) -> None:
