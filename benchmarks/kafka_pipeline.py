@@ -715,7 +715,8 @@ def run(
 ) -> dict[str, Any]:
     """Start the four services on ``bootstrap``, measure each rate and the probe, stop them.
 
-    ``quick`` makes every phase last 5 s whatever ``duration`` says, and the warm traffic 5 s.
+    ``quick`` makes every phase last 5 s whatever ``duration`` says, and the warm traffic at
+    most 5 s.
     """
     say = progress or (lambda _msg: None)
     duration = QUICK_DURATION if quick else duration

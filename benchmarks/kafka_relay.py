@@ -155,6 +155,8 @@ def run(
     say = progress or (lambda _msg: None)
     duration = QUICK_DURATION if quick else duration
     warm = min(warm, QUICK_DURATION) if quick else warm
+    if duration <= 0 or warm < 0 or any(r <= 0 for r in rates):
+        raise ValueError("duration and rates must be positive, warm not negative")
     run_id = uuid.uuid4().hex[:10]
     prefix = f"bench-{run_id}-"
     topics = _topics(run_id)
@@ -247,6 +249,7 @@ def run(
         "max_sustained_tps": None if probe_figures is None else probe_figures["resolved_tps"],
         "probe": probe_figures,
         "warm": warm_figures,
+        "warm_s": warm,
         "message_bytes": {"outcome": OUTCOME_BYTES, "changelog": CHANGELOG_BYTES},
         "exit_codes": codes,
         "total_s": round(time.monotonic() - began, 1),
@@ -286,6 +289,12 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"{offered:>10} {r['resolved_tps']:>11.1f} {lat['p50'] or 0:>8.1f} "
             f"{lat['p99'] or 0:>8.1f} {lat['p99.9'] or 0:>9.1f}  {cores}"
+        )
+    if result.get("warm") is not None:
+        p99 = result["warm"]["latency_ms"]["p99"]
+        lines.append(
+            f"\nbefore these, {result['warm_s']:g} s at {result['warm']['offered_tps']:.0f} tx/s "
+            f"to warm the broker up, not counted: p99 {'-' if p99 is None else f'{p99:.1f}'} ms"
         )
     return "\n".join(lines)
 

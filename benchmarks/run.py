@@ -442,27 +442,29 @@ def _table(r: dict[str, Any]) -> str:
     k = r.get("kafka_pipeline")
     if k and "rates" in k:
         if k.get("warm"):
-            w = k["warm"]
             lines.append(
-                f"over Kafka, first {k['config']['warm_s']:g} s at {w['offered_tps']:,.0f} txn/s "
-                f"to warm the broker up, not counted: p99 {w['latency_ms']['p99']:,.0f} ms"
+                f"over Kafka, first {k['config']['warm_s']:g} s at {k['warm']['offered_tps']:,.0f} "
+                f"txn/s to warm the broker up, not counted: p99 {_ms(k['warm'], 'p99')} ms"
             )
         for x in k["rates"]:
-            lat = x["latency_ms"]
             lines.append(
                 f"over Kafka, {x['offered_tps']:>6,.0f} txn/s offered: {x['resolved_tps']:>7,.0f} "
-                f"resolved/s  ingestion->verdict p50 {lat['p50']:,.0f} ms  p99 {lat['p99']:,.0f} "
-                f"ms  p99.9 {lat['p99.9']:,.0f} ms  ({x['unresolved']} unresolved)"
+                f"resolved/s  ingestion->verdict p50 {_ms(x, 'p50')} ms  p99 {_ms(x, 'p99')} "
+                f"ms  p99.9 {_ms(x, 'p99.9')} ms  ({x['unresolved']} unresolved)"
             )
         lines.append(f"over Kafka, flat out: {k['max_sustained_tps']:,.0f} txn/s resolved")
         relay = r.get("baseline_kafka_relay")
         if relay:
+            if relay.get("warm"):
+                lines.append(
+                    f"bare relays, first {relay['warm_s']:g} s to warm up, not counted: "
+                    f"p99 {_ms(relay['warm'], 'p99')} ms"
+                )
             for x in relay["rates"]:
-                lat = x["latency_ms"]
                 lines.append(
                     f"bare relays, {x['offered_tps']:>6,.0f} txn/s offered: "
-                    f"{x['resolved_tps']:>7,.0f} resolved/s  p50 {lat['p50']:,.0f} ms  p99 "
-                    f"{lat['p99']:,.0f} ms  p99.9 {lat['p99.9']:,.0f} ms"
+                    f"{x['resolved_tps']:>7,.0f} resolved/s  p50 {_ms(x, 'p50')} ms  p99 "
+                    f"{_ms(x, 'p99')} ms  p99.9 {_ms(x, 'p99.9')} ms"
                 )
             lines.append(
                 f"bare relays, flat out: {relay['max_sustained_tps']:,.0f} txn/s resolved; "
@@ -479,6 +481,12 @@ def _table(r: dict[str, Any]) -> str:
         lines.append(f"over Kafka: {k}")
     lines.extend(_targets(r))
     return "\n".join(lines)
+
+
+def _ms(phase: dict[str, Any], key: str) -> str:
+    """A latency percentile of a phase in whole ms, or "-" when nothing was resolved."""
+    value = phase["latency_ms"][key]
+    return "-" if value is None else f"{value:,.0f}"
 
 
 #: The issue's targets for this 2-core machine.
