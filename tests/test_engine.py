@@ -32,7 +32,7 @@ from corepay.paths import DecisionPath
 from corepay.services.twin import update_twin
 from corepay.services.twin_api import create_twin_app
 from corepay.twin import live_decision
-from corepay.twin_client import RECENT_APPLIED, TwinClient
+from corepay.twin_client import TwinClient
 
 
 def _txns(n: int, customers: int = 5) -> list[Transaction]:
@@ -269,56 +269,3 @@ def test_gateway_timeouts_become_live_outcomes_with_a_reason_never_lost() -> Non
     assert sum(o.error == "GATEWAY_TIMEOUT" for o in live) >= len(slow) // 2
     # The payments of a batch are authorized concurrently, not one after the other.
     assert _SlowGateway.most_in_flight > 1
-
-
-def _lived(store: MemoryTwinStore, txns: Sequence[Transaction]) -> None:
-    """Apply the live decisions of ``txns`` to their twins, as the twin service does."""
-    with Engine(LivePath(SimulatedGateway(0)), SimulationPath(StoreTwinClient(store))) as engine:
-        live, _ = engine.decide(list(txns))
-    for customer in {o.customer_id for o in live}:
-        update_twin(store, customer, [o for o in live if o.customer_id == customer])
-
-
-def test_twins_read_over_http_carry_only_recent_applied_ids_and_decide_the_same(
-    twin_server: tuple[str, MemoryTwinStore],
-) -> None:
-    url, store = twin_server
-    txns = _txns(460, customers=2)
-    _lived(store, txns[:300])  # each customer's twin has applied far more than RECENT_APPLIED
-    assert all(len(t.applied) > RECENT_APPLIED for t in store)
-    over_http = SimulationPath(HttpTwinClient(url))
-    direct = SimulationPath(StoreTwinClient(store))
-    first, second = txns[300:380], txns[380:460]
-    for path in (over_http, direct):
-        path.decide_batch(first, [None] * len(first))
-    _lived(store, first[:50])  # the twin service is behind: 30 of the first batch not applied
-
-    got = over_http.decide_batch(second, [None] * len(second))
-    want = direct.decide_batch(second, [None] * len(second))
-
-    def seen(outcomes: list[Outcome]) -> list[tuple[object, ...]]:
-        return [
-            (o.decision, o.score, o.twin_version, o.twin_lag, o.fresh_decision) for o in outcomes
-        ]
-
-    assert seen(got) == seen(want)
-    assert any(o.twin_lag for o in got), "the second batch meets twins that are behind"
-    read = HttpTwinClient(url).get_many([t.customer_id for t in store])
-    assert [len(t.applied) for t in read.values()] == [RECENT_APPLIED] * 2
-
-
-def test_a_batch_read_may_ask_for_only_the_most_recent_applied_ids() -> None:
-    store = MemoryTwinStore()
-    _lived(store, _txns(30, customers=1))
-    (twin,) = list(store)
-    client = create_twin_app(store).test_client()
-    for asked, expect in (("2", twin.applied[-2:]), ("0", ()), ("1000", twin.applied)):
-        response = client.get(f"/v1/twins?customer_id={twin.customer_id}&applied={asked}")
-        assert response.status_code == 200
-        assert response.get_json()["twins"][0]["applied"] == list(expect)
-    whole = client.get(f"/v1/twins?customer_id={twin.customer_id}").get_json()["twins"][0]
-    assert whole["applied"] == list(twin.applied)
-    for bad in ("-1", "1001", "two", "²", ""):
-        response = client.get(f"/v1/twins?customer_id={twin.customer_id}&applied={bad}")
-        assert response.status_code == 400
-        assert "applied must be a whole number from 0 to 1000" in response.get_json()["message"]

@@ -15,14 +15,7 @@ from corepay.models import Twin
 from corepay.store import TwinStore
 from corepay.wire import TwinDecoder
 
-__all__ = ["RECENT_APPLIED", "HttpTwinClient", "StoreTwinClient", "TwinClient"]
-
-#: The fewest of a twin's most recently applied transaction ids that a twin client returns.
-#: The simulation path only asks whether its own pending payments are among them: at most
-#: ``SimulationPath.pending_per_customer`` (16) of the customer's latest, all decided before
-#: any later payment of the customer was applied. Four times that leaves room for payments
-#: that another engine decided while it owned the customer's partition.
-RECENT_APPLIED = 64
+__all__ = ["HttpTwinClient", "StoreTwinClient", "TwinClient"]
 
 
 class TwinClient(ABC):
@@ -31,9 +24,6 @@ class TwinClient(ABC):
     @abstractmethod
     def get_many(self, customer_ids: Sequence[str]) -> dict[str, Twin]:
         """The twins that exist among ``customer_ids``.
-
-        A twin's ``applied`` may hold only its :data:`RECENT_APPLIED` most recent ids (a
-        customer with a long past has up to 1,000); everything else is the whole twin.
 
         Raises:
             UnavailableError, BackendTimeoutError: the twins could not be read.
@@ -56,8 +46,7 @@ class StoreTwinClient(TwinClient):
 class HttpTwinClient(TwinClient):
     """Reads twins from the twin service's internal API (``GET /v1/twins?customer_id=...``).
 
-    One keep-alive connection per thread; a batch is one request. It asks for the
-    :data:`RECENT_APPLIED` most recent applied ids of each twin, not all it keeps.
+    One keep-alive connection per thread; a batch is one request.
     """
 
     #: Customer ids per request, to keep URLs well under common server limits.
@@ -112,7 +101,7 @@ class HttpTwinClient(TwinClient):
         twins: dict[str, Twin] = {}
         for start in range(0, len(ids), self.chunk):
             query = "&".join(f"customer_id={quote(c)}" for c in ids[start : start + self.chunk])
-            body = self._get(f"/v1/twins?{query}&applied={RECENT_APPLIED}")
+            body = self._get(f"/v1/twins?{query}")
             try:
                 docs = orjson.loads(body)["twins"]
                 for doc in docs:

@@ -427,12 +427,9 @@ def twin_to_wire(twin: Twin) -> dict[str, Any]:
     return _twin_document(twin, datetime.isoformat)
 
 
-def _twin_document(
-    twin: Twin, time: Callable[[datetime], Any], applied: int | None = None
-) -> dict[str, Any]:
+def _twin_document(twin: Twin, time: Callable[[datetime], Any]) -> dict[str, Any]:
     # ``time`` is isoformat for a JSON-ready dict, or leaves the datetime to orjson, which
     # writes the very same text several times faster (a twin carries ~20 of them).
-    # ``applied``: keep only that many of the most recent applied ids (None: all of them).
     return {
         "schema_version": SCHEMA_VERSION,
         "customer_id": twin.customer_id,
@@ -463,9 +460,7 @@ def _twin_document(
             ]
             for h in twin.history
         ],
-        "applied": list(
-            twin.applied if applied is None else twin.applied[max(len(twin.applied) - applied, 0) :]
-        ),
+        "applied": list(twin.applied),
     }
 
 
@@ -509,15 +504,9 @@ def encode_twin(twin: Twin) -> bytes:
     return encode_json(_twin_document(twin, _as_is))
 
 
-def encode_twins(twins: Iterable[Twin], *, applied: int | None = None) -> bytes:
-    """``{"twins": [...]}``: the twin service's answer to a batch read.
-
-    ``applied``: each twin's ``applied`` holds only that many of its most recently applied
-    transaction ids (``None``: all it keeps, up to the store's dedup window of 1,000). A reader
-    that only asks whether a few recent payments are applied need not take the rest: for a
-    customer with a long past they are most of the document.
-    """
-    return encode_json({"twins": [_twin_document(t, _as_is, applied) for t in twins]})
+def encode_twins(twins: Iterable[Twin]) -> bytes:
+    """``{"twins": [...]}``: the twin service's answer to a batch read."""
+    return encode_json({"twins": [_twin_document(t, _as_is) for t in twins]})
 
 
 def _as_is(value: Any) -> Any:

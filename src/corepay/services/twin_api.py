@@ -14,9 +14,6 @@ from corepay.wire import encode_twin, encode_twins
 
 __all__ = ["create_twin_app"]
 
-#: Most recently applied ids a batch read may ask for (a twin keeps up to its dedup window).
-_MOST_APPLIED = 1000
-
 
 def create_twin_app(
     store: TwinStore,
@@ -28,9 +25,7 @@ def create_twin_app(
     """The twin service's internal HTTP API.
 
     - ``GET /v1/twins/<customer_id>``: the twin (404 when the customer has none).
-    - ``GET /v1/twins?customer_id=a&customer_id=b``: ``{"twins": [...]}`` for those that exist;
-      with ``&applied=N`` (0 to 1000), each twin's ``applied`` lists only its N most recently
-      applied transaction ids (see :func:`corepay.wire.encode_twins`).
+    - ``GET /v1/twins?customer_id=a&customer_id=b``: ``{"twins": [...]}`` for those that exist.
     - ``GET /healthz``, ``GET /readyz`` (the store, and the bus when given, are reachable,
       and ``current()`` says ``"ok"``: the updater has the twins up to date), ``GET /metrics``.
 
@@ -68,21 +63,8 @@ def create_twin_app(
             return jsonify(
                 {"error": "bad_request", "message": "give 1 to 1000 customer_id parameters"}
             ), 400
-        applied = request.args.get("applied")
-        if applied is not None and not (
-            applied.isascii() and applied.isdigit() and int(applied) <= _MOST_APPLIED
-        ):
-            return jsonify(
-                {
-                    "error": "bad_request",
-                    "message": f"applied must be a whole number from 0 to {_MOST_APPLIED}, "
-                    f"not {applied[:40]!r}",
-                }
-            ), 400
         twins = store.get_many(ids)
-        return _json(
-            encode_twins(twins.values(), applied=None if applied is None else int(applied))
-        ), 200
+        return _json(encode_twins(twins.values())), 200
 
     more = {} if current is None else {"twins": current}
     add_ops_routes(app, "twin", checks(store=store, bus=bus, **more))
