@@ -662,6 +662,15 @@ def _send_warm(
     return figures
 
 
+def _lengths(rates: list[int], duration: float, warm: float, quick: bool) -> tuple[float, float]:
+    """Seconds per phase and of warm traffic, checked; ``quick`` makes them 5 s at most."""
+    duration = QUICK_DURATION if quick else duration
+    warm = min(warm, QUICK_DURATION) if quick else warm
+    if duration <= 0 or warm < 0 or any(r <= 0 for r in rates):
+        raise ValueError("duration and rates must be positive, warm not negative")
+    return duration, warm
+
+
 def _wait_resolved(tracker: Tracker, phase: Phase, limit: float) -> None:
     deadline = time.monotonic() + limit
     while len(phase.resolved) < len(phase.stamps) and time.monotonic() < deadline:
@@ -719,10 +728,7 @@ def run(
     most 5 s.
     """
     say = progress or (lambda _msg: None)
-    duration = QUICK_DURATION if quick else duration
-    warm = min(warm, QUICK_DURATION) if quick else warm
-    if duration <= 0 or warm < 0 or any(r <= 0 for r in rates):
-        raise ValueError("duration and rates must be positive, warm not negative")
+    duration, warm = _lengths(rates, duration, warm, quick)
     run_id = uuid.uuid4().hex[:10]
     prefix = f"bench-{run_id}-"
     bus_url = (

@@ -50,6 +50,8 @@ from benchmarks.kafka_pipeline import (
     Tracker,
     _cpu_seconds,
     _figures,
+    _fmt,
+    _lengths,
     _phases,
     _send_warm,
     _wait_resolved,
@@ -153,10 +155,7 @@ def run(
 
     First ``warm`` seconds of traffic, as the pipeline's benchmark sends (``_warm_phase``)."""
     say = progress or (lambda _msg: None)
-    duration = QUICK_DURATION if quick else duration
-    warm = min(warm, QUICK_DURATION) if quick else warm
-    if duration <= 0 or warm < 0 or any(r <= 0 for r in rates):
-        raise ValueError("duration and rates must be positive, warm not negative")
+    duration, warm = _lengths(rates, duration, warm, quick)
     run_id = uuid.uuid4().hex[:10]
     prefix = f"bench-{run_id}-"
     topics = _topics(run_id)
@@ -290,11 +289,11 @@ def format_table(result: dict[str, Any]) -> str:
             f"{offered:>10} {r['resolved_tps']:>11.1f} {lat['p50'] or 0:>8.1f} "
             f"{lat['p99'] or 0:>8.1f} {lat['p99.9'] or 0:>9.1f}  {cores}"
         )
-    if result.get("warm") is not None:
-        p99 = result["warm"]["latency_ms"]["p99"]
+    warm = result.get("warm")
+    if warm is not None:
         lines.append(
-            f"\nbefore these, {result['warm_s']:g} s at {result['warm']['offered_tps']:.0f} tx/s "
-            f"to warm the broker up, not counted: p99 {'-' if p99 is None else f'{p99:.1f}'} ms"
+            f"\nbefore these, {result['warm_s']:g} s at {warm['offered_tps']:.0f} tx/s "
+            f"to warm the broker up, not counted: p99 {_fmt(warm['latency_ms']['p99'])} ms"
         )
     return "\n".join(lines)
 
