@@ -448,17 +448,22 @@ class Tracker:
                         if self.prefix.encode() not in r.value:
                             continue
                         value = json.loads(r.value)
-                        where = self._which(value.get("transaction_id", ""))
-                        if where is None:
-                            continue
-                        phase, index = where
                         if tp.topic == self.alerts_topic:
-                            phase.alerts[value.get("kind", "?")] += 1
-                        elif index in phase.resolved:
-                            phase.duplicates += 1
-                        else:
-                            phase.resolved[index] = r.timestamp
-                            self.timestamp_types[r.timestamp_type] += 1
+                            where = self._which(value.get("transaction_id", ""))
+                            if where is not None:
+                                where[0].alerts[value.get("kind", "?")] += 1
+                            continue
+                        # A changelog entry lists the transactions a batch resolved.
+                        for tid in value.get("transaction_ids", []):
+                            where = self._which(tid)
+                            if where is None:
+                                continue
+                            phase, index = where
+                            if index in phase.resolved:
+                                phase.duplicates += 1
+                            else:
+                                phase.resolved[index] = r.timestamp
+                                self.timestamp_types[r.timestamp_type] += 1
         except BaseException as exc:  # reported by the main thread
             self.error = exc
 

@@ -62,7 +62,8 @@ from corepay import TrafficGenerator
 __all__ = ["run"]
 
 #: Bytes of each message written, as CorePay writes them (measured on generated traffic:
-#: outcomes about 705 bytes, changelog entries about 69).
+#: outcomes about 705 bytes; a changelog entry lists the transactions a batch resolved in one
+#: partition, and is at least 69 bytes).
 OUTCOME_BYTES = 705
 CHANGELOG_BYTES = 69
 STAGES = ("decide", "apply", "pair")
@@ -72,7 +73,7 @@ def _topics(run_id: str) -> dict[str, str]:
     return {name: f"relay-{run_id}-{name}" for name in ("raw", "live", "simulation", "resolved")}
 
 
-def _padded(fields: dict[str, str], size: int) -> bytes:
+def _padded(fields: dict[str, Any], size: int) -> bytes:
     body = orjson.dumps(fields)
     return body[:-1] + b',"pad":"' + b"x" * max(size - len(body) - 9, 0) + b'"}'
 
@@ -111,7 +112,8 @@ def relay(stage: str, bootstrap: str, run_id: str) -> None:
     while not stop:
         batches = consumer.poll(timeout_ms=500, max_records=500)
         futures = []
-        for records in batches.values():
+        paired: dict[int, tuple[bytes, list[str]]] = {}  # per partition, as the detector's
+        for tp, records in batches.items():
             for r in records:
                 if stage == "decide":
                     tid = orjson.loads(r.value)["transaction_id"]
@@ -125,8 +127,10 @@ def relay(stage: str, bootstrap: str, run_id: str) -> None:
                     if halves.pop(tid, None) is None:
                         halves[tid] = 1
                         continue
-                    value = _padded({"transaction_id": tid}, CHANGELOG_BYTES)
-                    futures.append(producer.send(topics["resolved"], key=r.key, value=value))
+                    paired.setdefault(tp.partition, (r.key, []))[1].append(tid)
+        for key, tids in paired.values():
+            value = _padded({"transaction_ids": tids}, CHANGELOG_BYTES)
+            futures.append(producer.send(topics["resolved"], key=key, value=value))
         for future in futures:
             future.get(timeout=30)
         if batches:

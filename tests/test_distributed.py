@@ -196,8 +196,10 @@ def _read_topics(ids: set[str], deadline: float) -> dict[str, list[dict]]:
         while time.monotonic() < (complete_at or deadline):
             for message in reader.poll(500, 0.5):
                 value = json.loads(message.value)
-                if value["transaction_id"] in ids:
-                    found[message.topic].append(value)
+                # A changelog entry lists the transactions one batch resolved.
+                for tid in value.get("transaction_ids", [value.get("transaction_id")]):
+                    if tid in ids:
+                        found[message.topic].append({**value, "transaction_id": tid})
             if complete_at is None and all(
                 {v["transaction_id"] for v in found[t]} >= ids
                 for t in (LIVE_OUTCOME, SIMULATION_OUTCOME, DETECTOR_CHANGELOG)

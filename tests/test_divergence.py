@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import strategies as cst
-from corepay.backends.memory import MemoryBus
+from corepay.backends.memory import MemoryBus, partition_for
 from corepay.bus import (
     DIVERGENCE_ALERT,
     LIVE_OUTCOME,
@@ -27,7 +28,8 @@ from corepay.bus import (
 from corepay.divergence import DivergenceDetector, Pairing, alert_id_for
 from corepay.errors import UnavailableError
 from corepay.models import AlertKind, Decision, DivergenceAlert, Outcome, Path, Timings, Transaction
-from corepay.services.detector import DetectorService
+from corepay.services import detector as detector_module
+from corepay.services.detector import DETECTOR_CHANGELOG, DetectorService
 from corepay.wire import decode_alert, encode_outcome
 
 GROUP = "corepay-detector"
@@ -375,6 +377,83 @@ def test_restart_raises_no_false_alert_for_transactions_resolved_before_it() -> 
         ("held", AlertKind.DECISION_MISMATCH)
     ]
     restarted.close()
+
+
+def test_a_batch_writes_one_changelog_entry_per_partition_and_claim(monkeypatch) -> None:
+    # One entry per partition of the batch and per claim (alerted or not), in that partition,
+    # each at most CHANGELOG_ENTRY_IDS long: not one message per transaction.
+    monkeypatch.setattr(detector_module, "CHANGELOG_ENTRY_IDS", 3)
+    bus = MemoryBus(partitions=2)
+    service = detector_service(bus, Clock(), max_records=100)
+    decisions = {}
+    for i in range(12):
+        tid, customer = f"t{i}", f"cust-{i % 5}"
+        decisions[tid] = Decision.DECLINE if i % 4 == 0 else Decision.APPROVE
+        publish(bus, live(tid, customer, decision=decisions[tid]))
+        publish(bus, simulation(tid, customer))
+    drain(service)
+
+    entries = bus.messages(DETECTOR_CHANGELOG)
+    logged: dict[str, bool] = {}
+    for message in entries:
+        entry = json.loads(message.value)
+        assert 1 <= len(entry["transaction_ids"]) <= 3
+        for tid in entry["transaction_ids"]:
+            assert tid not in logged
+            logged[tid] = entry["alerted"]
+            customer = f"cust-{int(tid[1:]) % 5}"
+            assert partition_for(customer, 2) == message.partition
+    assert logged == {tid: d is Decision.DECLINE for tid, d in decisions.items()}
+    # 9 agreed and 3 alerted in at most 2 partitions, in entries of at most 3.
+    assert len(entries) <= 2 * (3 + 1)
+    service.close()
+
+
+def test_halves_that_expire_together_share_a_changelog_entry() -> None:
+    bus = MemoryBus(partitions=1)
+    clock = Clock()
+    service = detector_service(bus, clock)
+    for i in range(4):
+        publish(bus, live(f"lone{i}", f"cust-{i}"))
+    drain(service)
+    clock.now += 60
+    service.poll_once(timeout=0)
+
+    assert [a.kind for a in published_alerts(bus)] == [AlertKind.MISSING_SIMULATION] * 4
+    [entry] = [json.loads(m.value) for m in bus.messages(DETECTOR_CHANGELOG)]
+    assert entry["transaction_ids"] == [f"lone{i}" for i in range(4)] and entry["alerted"]
+    service.close()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"schema_version": 1, "transaction_ids": ["other", "resolved"], "alerted": True},
+        {"schema_version": 1, "transaction_id": "resolved", "alerted": True},  # one per entry
+    ],
+)
+def test_a_detector_that_takes_over_reads_what_the_changelog_says_was_resolved(
+    entry: dict[str, Any],
+) -> None:
+    # Both halves of a divergent pair, not committed, and the changelog saying the pair was
+    # resolved (its alert published) before a crash: no second alert.
+    bus = MemoryBus(partitions=1)
+    clock = Clock()
+    publish(bus, live("resolved", decision=Decision.DECLINE))
+    publish(bus, simulation("resolved"))
+    bus.publish(DETECTOR_CHANGELOG, "cust-1", json.dumps(entry).encode())
+    publish(bus, live("fresh", decision=Decision.DECLINE))
+    publish(bus, simulation("fresh"))
+
+    service = detector_service(bus, clock)
+    drain(service)
+    clock.now += 60
+    service.poll_once(timeout=0)
+
+    assert [(a.transaction_id, a.kind) for a in published_alerts(bus)] == [
+        ("fresh", AlertKind.DECISION_MISMATCH)
+    ]
+    service.close()
 
 
 def test_lone_half_on_the_bus_gets_a_missing_alert_after_the_timeout() -> None:

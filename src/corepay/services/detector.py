@@ -29,8 +29,14 @@ from corepay.wire import decode_outcome, encode_alert, encode_json
 
 __all__ = ["DETECTOR_CHANGELOG", "DetectorService"]
 
-#: Every transaction the detector resolved, keyed by customer id like the outcome topics.
+#: Every transaction the detector resolved. An entry lists the transactions one batch resolved
+#: from one partition of the outcome topics, keyed by one of their customer ids, so it lands in
+#: the same partition: ``{"schema_version": 1, "transaction_ids": [...], "alerted": false}``.
+#: (Entries of one transaction, ``"transaction_id": "..."``, are still read.)
 DETECTOR_CHANGELOG = "detector" + CHANGELOG_SUFFIX
+
+#: Most transaction ids in one changelog entry (about 40 bytes each).
+CHANGELOG_ENTRY_IDS = 1000
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +91,9 @@ class DetectorService(ConsumerService):
 
     def handle(self, messages: Sequence[Message]) -> Handled:
         records: list[Record] = []
-        resolved: list[Record] = []
+        # Per partition the pairs were read from (or per customer, where that is not known),
+        # and whether they were alerted: (a customer id there, the transaction ids).
+        entries: dict[tuple[int | str, bool], tuple[str, list[str]]] = {}
         now = self.clock()
         owned = self.consumer.assignment()
         self._forget(set(self._next) - owned)
@@ -102,7 +110,12 @@ class DetectorService(ConsumerService):
             here = (tp, message.offset)
             pairings = self.detector.observe(outcome, now)
             for pairing in pairings:
-                held = self._release(pairing, records, resolved)
+                held = self._release(
+                    pairing,
+                    records,
+                    entries,
+                    tp.partition if pairing.transaction_id == tid else None,
+                )
                 if held is not None and pairing.transaction_id == tid:
                     self._pairs.append((*held, *here))
                     self._remember(tid, (held, here))
@@ -120,7 +133,20 @@ class DetectorService(ConsumerService):
                 self._held_at[tid] = here
                 self._tid_at[here] = tid
         for pairing in self.detector.expire(now):
-            self._release(pairing, records, resolved)
+            self._release(pairing, records, entries, None)
+        # An entry that claims an alert waits until the alert is on the bus; one that claims
+        # none goes out with the batch's first publish, a round trip sooner.
+        resolved: list[Record] = []
+        for (_, alerted), (key, tids) in entries.items():
+            for start in range(0, len(tids), CHANGELOG_ENTRY_IDS):
+                entry = {
+                    "schema_version": 1,
+                    "transaction_ids": tids[start : start + CHANGELOG_ENTRY_IDS],
+                    "alerted": alerted,
+                }
+                (resolved if alerted else records).append(
+                    Record(DETECTOR_CHANGELOG, key, encode_json(entry))
+                )
         return Handled(records, self.safe_commit(), then=resolved)
 
     def _restore(self, partitions: set[int]) -> None:
@@ -138,10 +164,10 @@ class DetectorService(ConsumerService):
         # resolved before the pairing timeout plus the window cannot be among them.
         since = self.clock() - self.detector.timeout - self.replay_window
         entries = self.bus.replay(DETECTOR_CHANGELOG, fresh, since_ms=int(since * 1000))
-        restored = []
+        restored: list[str] = []
         for entry in entries:
             try:
-                restored.append(json.loads(entry.value)["transaction_id"])
+                restored.extend(_resolved_in(json.loads(entry.value)))
             except (ValueError, KeyError, TypeError):
                 log.warning(
                     "skipping a malformed %s entry at offset %d",
@@ -189,8 +215,14 @@ class DetectorService(ConsumerService):
             del self._resolved_at[next(iter(self._resolved_at))]
 
     def _release(
-        self, pairing: Pairing, records: list[Record], resolved: list[Record]
+        self,
+        pairing: Pairing,
+        records: list[Record],
+        entries: dict[tuple[int | str, bool], tuple[str, list[str]]],
+        partition: int | None,
     ) -> tuple[TopicPartition, int] | None:
+        """Publish the pairing's alert, if any, and file it for the batch's changelog entries
+        (``partition``: where the message that resolved it was read, if it was)."""
         held = self._held_at.pop(pairing.transaction_id, None)
         if held is not None:
             del self._held[held[0]][held[1]]
@@ -208,16 +240,12 @@ class DetectorService(ConsumerService):
                 pairing.transaction_id,
                 extra={**about, "kind": alert.kind.value},
             )
-        entry = {
-            "schema_version": 1,
-            "transaction_id": pairing.transaction_id,
-            "alerted": pairing.alert is not None,
-        }
-        # An entry that claims an alert waits until the alert is on the bus; one that claims
-        # none goes out with the batch's first publish, a round trip sooner.
-        (resolved if pairing.alert is not None else records).append(
-            Record(DETECTOR_CHANGELOG, some.customer_id, encode_json(entry))
-        )
+        # Both halves of a pair are in one partition number (the outcome topics are
+        # co-partitioned); an expired half's is where it was held.
+        if held is not None:
+            partition = held[0].partition
+        group = (some.customer_id if partition is None else partition, pairing.alert is not None)
+        entries.setdefault(group, (some.customer_id, []))[1].append(pairing.transaction_id)
         if self.on_pairing is not None:
             try:
                 self.on_pairing(pairing)
@@ -252,3 +280,17 @@ class DetectorService(ConsumerService):
                     cut[tp_a], moved = off_a, True
         self._pairs = [p for p in self._pairs if p[1] >= cut[p[0]]]
         return cut
+
+
+def _resolved_in(entry: object) -> list[str]:
+    """The transaction ids a changelog entry says were resolved.
+
+    Raises:
+        KeyError, TypeError: not a changelog entry.
+    """
+    if not isinstance(entry, dict):
+        raise TypeError("a changelog entry is a JSON object")
+    tids = entry["transaction_ids"] if "transaction_ids" in entry else [entry["transaction_id"]]
+    if not isinstance(tids, list) or not all(isinstance(t, str) for t in tids):
+        raise TypeError("transaction ids are strings")
+    return tids
