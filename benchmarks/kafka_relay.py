@@ -129,7 +129,8 @@ def relay(stage: str, bootstrap: str, run_id: str) -> None:
                         continue
                     paired.setdefault(tp.partition, (r.key, []))[1].append(tid)
         for key, tids in paired.values():
-            value = _padded({"transaction_ids": tids}, CHANGELOG_BYTES)
+            entry = {"schema_version": 1, "transaction_ids": tids, "alerted": False}
+            value = _padded(entry, CHANGELOG_BYTES)
             futures.append(producer.send(topics["resolved"], key=key, value=value))
         for future in futures:
             future.get(timeout=30)

@@ -409,6 +409,31 @@ def test_a_batch_writes_one_changelog_entry_per_partition_and_claim(monkeypatch)
     service.close()
 
 
+def test_changelog_entries_go_where_the_outcomes_were_read_whatever_their_keys() -> None:
+    # A detector that takes over a partition replays only that partition of the changelog,
+    # so an entry must be where the outcomes it names are, even when a producer keyed them
+    # by something else than their customer: and it must not take others along elsewhere.
+    bus = MemoryBus(partitions=2)
+    customers = [f"cust-{i}" for i in range(10)]
+    first = next(c for c in customers if partition_for(c, 2) == 0)
+    second = next(c for c in customers if partition_for(c, 2) == 1)
+    for outcome in (live("odd", first, decision=Decision.DECLINE), simulation("odd", first)):
+        topic = LIVE_OUTCOME if outcome.path is Path.LIVE else SIMULATION_OUTCOME
+        bus.publish(topic, second, encode_outcome(outcome))  # in partition 1, not 0
+    publish(bus, live("usual", second, decision=Decision.DECLINE))
+    publish(bus, simulation("usual", second))
+    service = detector_service(bus, Clock())
+    drain(service)
+
+    where = {
+        tid: message.partition
+        for message in bus.messages(DETECTOR_CHANGELOG)
+        for tid in json.loads(message.value)["transaction_ids"]
+    }
+    assert where == {"odd": 1, "usual": 1}
+    service.close()
+
+
 def test_halves_that_expire_together_share_a_changelog_entry() -> None:
     bus = MemoryBus(partitions=1)
     clock = Clock()
@@ -516,12 +541,18 @@ class AlertsRefusedBus(MemoryBus):
         self.failures = failures
 
     def publish(
-        self, topic: str, key: str, value: bytes, headers: Mapping[str, str] | None = None
+        self,
+        topic: str,
+        key: str,
+        value: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        partition: int | None = None,
     ) -> Delivery:
         if topic == DIVERGENCE_ALERT and self.failures > 0:
             self.failures -= 1
             raise UnavailableError("broker not reachable")
-        return super().publish(topic, key, value, headers)
+        return super().publish(topic, key, value, headers, partition=partition)
 
 
 def test_alert_refused_by_the_bus_is_published_on_retry() -> None:

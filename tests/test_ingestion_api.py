@@ -54,12 +54,18 @@ class RefusingBus(Bus):
         self.refused = 0
 
     def publish(
-        self, topic: str, key: str, value: bytes, headers: Mapping[str, str] | None = None
+        self,
+        topic: str,
+        key: str,
+        value: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        partition: int | None = None,
     ) -> Delivery:
         if not self.available:
             self.refused += 1
             raise UnavailableError("no broker reachable")
-        return self.inner.publish(topic, key, value, headers)
+        return self.inner.publish(topic, key, value, headers, partition=partition)
 
     def consumer(self, group: str, topics: Sequence[str]) -> Consumer:
         return self.inner.consumer(group, topics)

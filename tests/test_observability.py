@@ -119,6 +119,13 @@ def test_counters_follow_every_message_through_the_pipeline() -> None:
         pipeline.drain()
 
     n = len(requests)
+    # One changelog entry lists every transaction a batch resolved in a partition.
+    logged = [
+        tid
+        for m in bus.messages(DETECTOR_CHANGELOG)
+        for tid in json.loads(m.value)["transaction_ids"]
+    ]
+    assert len(logged) == len(set(logged)) == n
     produced = {
         "engine": {LIVE_OUTCOME: n, SIMULATION_OUTCOME: n, dead_letter_topic(RAW_TRANSACTIONS): 1},
         "detector": {

@@ -61,12 +61,18 @@ class TopicPartition(NamedTuple):
 
 @attrs.frozen
 class Record:
-    """A message to publish. ``key`` is the customer id on every CorePay topic."""
+    """A message to publish. ``key`` is the customer id on every CorePay topic.
+
+    ``partition`` is ``None`` to place it by its key, as every CorePay topic does; a number
+    places it in that partition (which must exist), for an entry that must sit beside the
+    messages it is about (see :meth:`Bus.publish`).
+    """
 
     topic: str
     key: str
     value: bytes
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    partition: int | None = None
 
 
 @attrs.frozen
@@ -155,9 +161,17 @@ class Bus(ABC):
 
     @abstractmethod
     def publish(
-        self, topic: str, key: str, value: bytes, headers: Mapping[str, str] | None = None
+        self,
+        topic: str,
+        key: str,
+        value: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        partition: int | None = None,
     ) -> Delivery:
         """Publish one message and wait until the bus has durably taken it.
+
+        It goes to the partition its key hashes to, or to ``partition`` when one is given.
 
         Raises:
             UnavailableError: the bus could not take it; nothing was published.
@@ -166,7 +180,12 @@ class Bus(ABC):
 
     def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
         """Publish several messages, returning once all are taken (backends batch this)."""
-        return [self.publish(r.topic, r.key, r.value, r.headers) for r in records]
+        return [
+            self.publish(r.topic, r.key, r.value, r.headers)
+            if r.partition is None
+            else self.publish(r.topic, r.key, r.value, r.headers, partition=r.partition)
+            for r in records
+        ]
 
     @abstractmethod
     def consumer(self, group: str, topics: Sequence[str]) -> Consumer:

@@ -162,6 +162,31 @@ def test_publish_many_returns_deliveries_in_record_order(
     assert bus.publish_many([]) == []
 
 
+def test_a_record_given_a_partition_goes_there_whatever_its_key(
+    bus_factory: BusFactory, fresh_name: Names
+):
+    bus = bus_factory()
+    topic = new_topic(bus, fresh_name)
+    key = fresh_name("customer")
+    by_key = bus.publish(topic, key, b"by key").partition
+    elsewhere = [p for p in range(bus_factory.partitions) if p != by_key]
+    records = [Record(topic, key, f"to {p}".encode(), partition=p) for p in elsewhere]
+
+    deliveries = [bus.publish(topic, key, b"one", partition=elsewhere[0])]
+    deliveries += bus.publish_many(records)
+
+    assert [d.partition for d in deliveries] == [elsewhere[0], *elsewhere]
+    replayed = {m.value: m.partition for m in bus.replay(topic, range(bus_factory.partitions))}
+    assert replayed == {
+        b"by key": by_key,
+        b"one": elsewhere[0],
+        **{f"to {p}".encode(): p for p in elsewhere},
+    }
+    with pytest.raises(ValueError, match="no partition"):
+        bus.publish(topic, key, b"nowhere", partition=bus_factory.partitions)
+    assert len(bus.replay(topic, range(bus_factory.partitions))) == len(replayed)
+
+
 def test_headers_round_trip(bus_factory: BusFactory, fresh_name: Names):
     bus = bus_factory()
     topic = new_topic(bus, fresh_name)

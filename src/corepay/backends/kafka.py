@@ -315,9 +315,15 @@ class KafkaBus(Bus):
             return self._producer
 
     def publish(
-        self, topic: str, key: str, value: bytes, headers: Mapping[str, str] | None = None
+        self,
+        topic: str,
+        key: str,
+        value: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        partition: int | None = None,
     ) -> Delivery:
-        return self.publish_many([Record(topic, key, value, dict(headers or {}))])[0]
+        return self.publish_many([Record(topic, key, value, dict(headers or {}), partition)])[0]
 
     def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
         records = list(records)
@@ -329,12 +335,16 @@ class KafkaBus(Bus):
         self._ensure({r.topic for r in records})
         producer = self._get_producer()
         try:
+            for r in records:
+                if r.partition is not None and r.partition not in producer.partitions_for(r.topic):
+                    raise ValueError(f"{r.topic} has no partition {r.partition}")
             futures = [
                 producer.send(
                     r.topic,
                     key=r.key.encode(),
                     value=r.value,
                     headers=[(k, v.encode()) for k, v in r.headers.items()],
+                    partition=r.partition,
                 )
                 for r in records
             ]

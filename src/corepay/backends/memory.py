@@ -78,12 +78,21 @@ class MemoryBus(Bus):
                 self._log(topic)
 
     def publish(
-        self, topic: str, key: str, value: bytes, headers: Mapping[str, str] | None = None
+        self,
+        topic: str,
+        key: str,
+        value: bytes,
+        headers: Mapping[str, str] | None = None,
+        *,
+        partition: int | None = None,
     ) -> Delivery:
         if not isinstance(value, bytes):
             raise TypeError(f"value must be bytes, not {type(value).__name__}")
+        if partition is not None and not 0 <= partition < self.partitions:
+            raise ValueError(f"{topic} has no partition {partition} (0-{self.partitions - 1})")
         with self._lock:
-            partition = partition_for(key, self.partitions)
+            if partition is None:
+                partition = partition_for(key, self.partitions)
             log = self._log(topic)[partition]
             message = Message(
                 topic=topic,

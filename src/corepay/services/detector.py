@@ -30,13 +30,17 @@ from corepay.wire import decode_outcome, encode_alert, encode_json
 __all__ = ["DETECTOR_CHANGELOG", "DetectorService"]
 
 #: Every transaction the detector resolved. An entry lists the transactions one batch resolved
-#: from one partition of the outcome topics, keyed by one of their customer ids, so it lands in
-#: the same partition: ``{"schema_version": 1, "transaction_ids": [...], "alerted": false}``.
-#: (Entries of one transaction, ``"transaction_id": "..."``, are still read.)
+#: from one partition of the outcome topics, and is written to that partition number:
+#: ``{"schema_version": 1, "transaction_ids": [...], "alerted": false}``. (Entries of one
+#: transaction, ``"transaction_id": "..."``, are still read.)
 DETECTOR_CHANGELOG = "detector" + CHANGELOG_SUFFIX
 
-#: Most transaction ids in one changelog entry (about 40 bytes each).
+#: Most transaction ids in one changelog entry (at most 67 bytes each).
 CHANGELOG_ENTRY_IDS = 1000
+
+# A batch's changelog entries: per (partition number, or customer id where none is known;
+# whether alerted), a customer id to key the entry with and the transaction ids.
+_Entries = dict[tuple[int | str, bool], tuple[str, list[str]]]
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +95,7 @@ class DetectorService(ConsumerService):
 
     def handle(self, messages: Sequence[Message]) -> Handled:
         records: list[Record] = []
-        # Per partition the pairs were read from (or per customer, where that is not known),
-        # and whether they were alerted: (a customer id there, the transaction ids).
-        entries: dict[tuple[int | str, bool], tuple[str, list[str]]] = {}
+        entries: _Entries = {}
         now = self.clock()
         owned = self.consumer.assignment()
         self._forget(set(self._next) - owned)
@@ -137,7 +139,10 @@ class DetectorService(ConsumerService):
         # An entry that claims an alert waits until the alert is on the bus; one that claims
         # none goes out with the batch's first publish, a round trip sooner.
         resolved: list[Record] = []
-        for (_, alerted), (key, tids) in entries.items():
+        for (where, alerted), (key, tids) in entries.items():
+            # In the partition number the pairs were read from: where their outcomes are,
+            # whatever their keys hash to. Where none is known, by the customer's key.
+            target = where if isinstance(where, int) else None
             for start in range(0, len(tids), CHANGELOG_ENTRY_IDS):
                 entry = {
                     "schema_version": 1,
@@ -145,7 +150,7 @@ class DetectorService(ConsumerService):
                     "alerted": alerted,
                 }
                 (resolved if alerted else records).append(
-                    Record(DETECTOR_CHANGELOG, key, encode_json(entry))
+                    Record(DETECTOR_CHANGELOG, key, encode_json(entry), partition=target)
                 )
         return Handled(records, self.safe_commit(), then=resolved)
 
@@ -168,7 +173,7 @@ class DetectorService(ConsumerService):
         for entry in entries:
             try:
                 restored.extend(_resolved_in(json.loads(entry.value)))
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 log.warning(
                     "skipping a malformed %s entry at offset %d",
                     entry.topic,
@@ -218,7 +223,7 @@ class DetectorService(ConsumerService):
         self,
         pairing: Pairing,
         records: list[Record],
-        entries: dict[tuple[int | str, bool], tuple[str, list[str]]],
+        entries: _Entries,
         partition: int | None,
     ) -> tuple[TopicPartition, int] | None:
         """Publish the pairing's alert, if any, and file it for the batch's changelog entries
@@ -240,8 +245,9 @@ class DetectorService(ConsumerService):
                 pairing.transaction_id,
                 extra={**about, "kind": alert.kind.value},
             )
-        # Both halves of a pair are in one partition number (the outcome topics are
-        # co-partitioned); an expired half's is where it was held.
+        # Both halves of a pair are in one partition number when both are keyed by their
+        # customer (the outcome topics are co-partitioned); an expired half's is where it
+        # was held. The entry goes where the half held longest was read.
         if held is not None:
             partition = held[0].partition
         group = (some.customer_id if partition is None else partition, pairing.alert is not None)
