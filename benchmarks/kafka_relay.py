@@ -128,10 +128,12 @@ def relay(stage: str, bootstrap: str, run_id: str) -> None:
                         halves[tid] = 1
                         continue
                     paired.setdefault(tp.partition, (r.key, []))[1].append(tid)
-        for key, tids in paired.values():
+        for partition, (key, tids) in paired.items():
             entry = {"schema_version": 1, "transaction_ids": tids, "alerted": False}
             value = _padded(entry, CHANGELOG_BYTES)
-            futures.append(producer.send(topics["resolved"], key=key, value=value))
+            futures.append(
+                producer.send(topics["resolved"], key=key, value=value, partition=partition)
+            )
         for future in futures:
             future.get(timeout=30)
         if batches:

@@ -434,6 +434,26 @@ def test_changelog_entries_go_where_the_outcomes_were_read_whatever_their_keys()
     service.close()
 
 
+def test_a_pair_whose_halves_were_read_from_two_partitions_is_logged_in_both() -> None:
+    # A detector taking over either partition may meet a redelivered copy of its half there.
+    bus = MemoryBus(partitions=2)
+    customers = [f"cust-{i}" for i in range(10)]
+    first = next(c for c in customers if partition_for(c, 2) == 0)
+    second = next(c for c in customers if partition_for(c, 2) == 1)
+    publish(bus, live("split", first))
+    bus.publish(SIMULATION_OUTCOME, second, encode_outcome(simulation("split", first)))
+    service = detector_service(bus, Clock())
+    drain(service)
+
+    where = sorted(
+        message.partition
+        for message in bus.messages(DETECTOR_CHANGELOG)
+        if "split" in json.loads(message.value)["transaction_ids"]
+    )
+    assert where == [0, 1]
+    service.close()
+
+
 def test_halves_that_expire_together_share_a_changelog_entry() -> None:
     bus = MemoryBus(partitions=1)
     clock = Clock()

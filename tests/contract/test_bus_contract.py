@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 import pytest
 
 from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
-from corepay.errors import CommitFailedError
+from corepay.errors import CommitFailedError, ConfigurationError
 
 from .conftest import BusFactory
 
@@ -182,8 +182,18 @@ def test_a_record_given_a_partition_goes_there_whatever_its_key(
         b"one": elsewhere[0],
         **{f"to {p}".encode(): p for p in elsewhere},
     }
-    with pytest.raises(ValueError, match="no partition"):
+    # A partition that does not exist refuses the whole publish, before any of it is sent.
+    with pytest.raises(ConfigurationError, match="no partition"):
         bus.publish(topic, key, b"nowhere", partition=bus_factory.partitions)
+    with pytest.raises(ConfigurationError, match="no partition"):
+        bus.publish_many(
+            [
+                Record(topic, key, b"fine", partition=0),
+                Record(topic, key, b"nowhere", partition=bus_factory.partitions),
+            ]
+        )
+    with pytest.raises(ConfigurationError, match="no partition"):
+        bus.publish(topic, key, b"not a number", partition=True)  # type: ignore[arg-type]
     assert len(bus.replay(topic, range(bus_factory.partitions))) == len(replayed)
 
 

@@ -335,9 +335,12 @@ class KafkaBus(Bus):
         self._ensure({r.topic for r in records})
         producer = self._get_producer()
         try:
-            for r in records:
-                if r.partition is not None and r.partition not in producer.partitions_for(r.topic):
-                    raise ValueError(f"{r.topic} has no partition {r.partition}")
+            for r in records:  # all or nothing: none is sent if one names no partition
+                if r.partition is not None and (
+                    type(r.partition) is not int
+                    or r.partition not in producer.partitions_for(r.topic)
+                ):
+                    raise ConfigurationError(f"{r.topic} has no partition {r.partition!r}")
             futures = [
                 producer.send(
                     r.topic,

@@ -18,7 +18,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from corepay.bus import Bus, Consumer, Delivery, Message, TopicPartition
+from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
 from corepay.errors import CommitFailedError, ConfigurationError, ConflictError
 from corepay.models import Twin
 from corepay.store import TwinStore
@@ -77,6 +77,20 @@ class MemoryBus(Bus):
             for topic in topics:
                 self._log(topic)
 
+    def _check_partition(self, topic: str, partition: int | None) -> None:
+        if partition is not None and (
+            type(partition) is not int or not 0 <= partition < self.partitions
+        ):
+            raise ConfigurationError(
+                f"{topic} has no partition {partition!r} (0-{self.partitions - 1})"
+            )
+
+    def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
+        records = list(records)
+        for record in records:  # all or nothing, as on Kafka
+            self._check_partition(record.topic, record.partition)
+        return super().publish_many(records)
+
     def publish(
         self,
         topic: str,
@@ -88,8 +102,7 @@ class MemoryBus(Bus):
     ) -> Delivery:
         if not isinstance(value, bytes):
             raise TypeError(f"value must be bytes, not {type(value).__name__}")
-        if partition is not None and not 0 <= partition < self.partitions:
-            raise ValueError(f"{topic} has no partition {partition} (0-{self.partitions - 1})")
+        self._check_partition(topic, partition)
         with self._lock:
             if partition is None:
                 partition = partition_for(key, self.partitions)

@@ -245,13 +245,15 @@ class DetectorService(ConsumerService):
                 pairing.transaction_id,
                 extra={**about, "kind": alert.kind.value},
             )
-        # Both halves of a pair are in one partition number when both are keyed by their
-        # customer (the outcome topics are co-partitioned); an expired half's is where it
-        # was held. The entry goes where the half held longest was read.
-        if held is not None:
-            partition = held[0].partition
-        group = (some.customer_id if partition is None else partition, pairing.alert is not None)
-        entries.setdefault(group, (some.customer_id, []))[1].append(pairing.transaction_id)
+        # Filed under the partition number each half was read from: one, when both are keyed
+        # by their customer (the outcome topics are co-partitioned), but a producer may key
+        # them otherwise, and a detector that takes over either partition must find it.
+        alerted = pairing.alert is not None
+        read_from = (partition, None if held is None else held[0].partition)
+        where: set[int | str] = {p for p in read_from if p is not None}
+        for group in where or {some.customer_id}:
+            entry = entries.setdefault((group, alerted), (some.customer_id, []))
+            entry[1].append(pairing.transaction_id)
         if self.on_pairing is not None:
             try:
                 self.on_pairing(pairing)
