@@ -174,12 +174,17 @@ class Bus(ABC):
         It goes to the partition its key hashes to, or to ``partition`` when one is given.
 
         Raises:
+            ConfigurationError: ``partition`` is not one of the topic's; nothing was published.
             UnavailableError: the bus could not take it; nothing was published.
             BackendTimeoutError: no acknowledgement in time; the message may or may not be there.
         """
 
     def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
-        """Publish several messages, returning once all are taken (backends batch this)."""
+        """Publish several messages, returning once all are taken (backends batch this).
+
+        The memory and Kafka buses refuse them all, before any is published, when one names
+        a partition its topic does not have (``ConfigurationError``).
+        """
         return [
             self.publish(r.topic, r.key, r.value, r.headers)
             if r.partition is None
