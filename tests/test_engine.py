@@ -126,10 +126,51 @@ def test_the_simulation_path_reads_twins_through_the_twin_service(
 
     over_http = SimulationPath(HttpTwinClient(url)).decide_batch(txns[300:], [None] * 100)
     direct = SimulationPath(StoreTwinClient(store)).decide_batch(txns[300:], [None] * 100)
-    assert [(o.decision, o.score, o.twin_version) for o in over_http] == [
-        (o.decision, o.score, o.twin_version) for o in direct
-    ]
+    assert _seen(over_http) == _seen(direct)
     assert all(o.twin_version and o.twin_version > 0 for o in over_http)
+    assert any(o.twin_lag for o in over_http)  # a batch of 100 from 8 customers runs ahead
+
+
+def _seen(outcomes: Sequence[Outcome]) -> list[tuple[object, ...]]:
+    return [
+        (o.transaction_id, o.decision, o.score, o.twin_version, o.twin_lag, o.fresh_decision)
+        for o in outcomes
+    ]
+
+
+def test_a_long_lived_customers_twin_is_read_without_its_applied_ids_and_judged_the_same(
+    twin_server: tuple[str, MemoryTwinStore],
+) -> None:
+    url, store = twin_server
+    txns = _txns(1_106, customers=1)
+    past, new = txns[:1_100], txns[1_100:]
+    update_twin(store, past[0].customer_id, [_approved(t) for t in past])
+    twin = store.get(past[0].customer_id)
+    assert twin is not None and len(twin.applied) == 1_000
+
+    client = HttpTwinClient(url)
+    asked = {past[-1].transaction_id, past[0].transaction_id, new[0].transaction_id}
+    read = client.get_many_checking([twin.customer_id, "cust-nobody"], asked)
+    # Of what was asked, only what the twin still lists comes back: the first payment left
+    # its last 1,000 long ago, and the new one was never applied.
+    assert read[twin.customer_id].applied == (past[-1].transaction_id,)
+    assert attrs.evolve(read[twin.customer_id], applied=twin.applied) == twin
+    assert read.keys() == {twin.customer_id}
+
+    over_http, direct = SimulationPath(client), SimulationPath(StoreTwinClient(store))
+    # A batch read again after a crash (the twin has it all) and the payments after it,
+    # the last two a burst that the twin service has not applied yet...
+    steps = [past[-100:], new[:3]]
+    for step in steps:
+        assert _seen(over_http.decide_batch(step, [None] * len(step))) == _seen(
+            direct.decide_batch(step, [None] * len(step))
+        )
+    # ...then the twin service applies the first of the burst: the next payments' twin
+    # lacks only the other two.
+    update_twin(store, twin.customer_id, [_approved(new[0])])
+    judged = over_http.decide_batch(new[3:], [None] * 3)
+    assert _seen(judged) == _seen(direct.decide_batch(new[3:], [None] * 3))
+    assert [o.twin_lag for o in judged] == [2, 3, 4]
 
 
 def test_http_twin_client_reports_an_unreachable_service_as_unavailable() -> None:

@@ -298,10 +298,15 @@ def test_the_twin_api_wants_its_token_and_the_client_sends_it(twin_api: str):
     wrong = HttpTwinClient(twin_api, token="not-the-twin-token-000")
     try:
         assert with_token.get_many(["cust-1"]) == {}
+        assert with_token.get_many_checking(["cust-1"], {"txn-1"}) == {}
         for client in (without, wrong):
-            with pytest.raises(UnavailableError, match="COREPAY_TWIN_TOKEN") as refused:
-                client.get_many(["cust-1"])
-            assert "twin-token-0123456789" not in str(refused.value)
+            for read, args in (
+                (client.get_many, (["cust-1"],)),
+                (client.get_many_checking, (["cust-1"], {"txn-1"})),
+            ):
+                with pytest.raises(UnavailableError, match="COREPAY_TWIN_TOKEN") as refused:
+                    read(*args)
+                assert "twin-token-0123456789" not in str(refused.value)
     finally:
         for client in (with_token, without, wrong):
             client.close()
@@ -406,3 +411,84 @@ def test_the_twin_api_is_not_ready_until_its_twins_are_current():
     service.poll_once(timeout=0.1)  # joins, rebuilds its partitions from live_outcome
     assert client.get("/readyz").status_code == 200
     service.close()
+
+
+def test_a_twin_query_answers_what_each_twin_applied_of_the_ids_asked():
+    from corepay.models import Decision
+    from corepay.services.twin import update_twin
+    from corepay.twin import live_decision
+
+    store = MemoryTwinStore()
+    txns = [parse_transaction({**VALID, "transaction_id": f"txn-{i}"}) for i in range(5)]
+    other = parse_transaction({**VALID, "transaction_id": "txn-0", "customer_id": "cust-7"})
+    update_twin(store, "cust-42", [live_decision(t, Decision.APPROVE, "m") for t in txns])
+    update_twin(store, "cust-7", [live_decision(other, Decision.DECLINE, "m")])
+    client = create_twin_app(store).test_client()
+    full = {
+        t["customer_id"]: t
+        for t in client.get("/v1/twins?customer_id=cust-42&customer_id=cust-7").get_json()["twins"]
+    }
+
+    answer = client.post(
+        "/v1/twins:query",
+        json={
+            "customer_ids": ["cust-42", "cust-7", "cust-none"],
+            "transaction_ids": ["txn-4", "txn-0", "txn-9"],
+        },
+    )
+    assert answer.status_code == 200
+    twins = {t["customer_id"]: t for t in answer.get_json()["twins"]}
+    assert twins.keys() == {"cust-42", "cust-7"}
+    assert twins["cust-42"]["applied"] == ["txn-0", "txn-4"]
+    assert twins["cust-7"]["applied"] == ["txn-0"]
+    for customer, twin in twins.items():
+        assert {**twin, "applied": full[customer]["applied"]} == full[customer]
+    nothing = client.post(
+        "/v1/twins:query", json={"customer_ids": ["cust-42"], "transaction_ids": []}
+    )
+    assert nothing.get_json()["twins"][0]["applied"] == []
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        (b"{not json", "send a JSON object"),
+        (b"[]", "send a JSON object"),
+        (b'{"customer_ids": ["c"]}', "transaction_ids must be a list"),
+        (b'{"transaction_ids": []}', "customer_ids must be a list of 1 to 1000"),
+        (b'{"customer_ids": [], "transaction_ids": []}', "customer_ids must be a list of 1"),
+        (b'{"customer_ids": "c", "transaction_ids": []}', "customer_ids must be a list of 1"),
+        (b'{"customer_ids": ["c", 7], "transaction_ids": []}', "customer_ids must hold only"),
+        (b'{"customer_ids": ["c"], "transaction_ids": [null]}', "transaction_ids must hold only"),
+        (b'{"customer_ids": ["c"], "transaction_ids": [], "x": 1}', "unknown field(s): x"),
+    ],
+)
+def test_a_twin_query_that_is_malformed_is_refused_with_what_is_wrong(body, problem):
+    answer = create_twin_app(MemoryTwinStore()).test_client().post("/v1/twins:query", data=body)
+    assert answer.status_code == 400
+    assert problem in answer.get_json()["message"]
+
+
+def test_a_twin_query_is_limited_in_customers_and_transactions():
+    from corepay.services.twin_api import MAX_QUERY_TRANSACTIONS
+
+    client = create_twin_app(MemoryTwinStore()).test_client()
+    many = [f"c-{i}" for i in range(1001)]
+    assert (
+        client.post(
+            "/v1/twins:query", json={"customer_ids": many, "transaction_ids": []}
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            "/v1/twins:query", json={"customer_ids": many[:1000], "transaction_ids": []}
+        ).status_code
+        == 200
+    )
+    ids = [f"t-{i}" for i in range(MAX_QUERY_TRANSACTIONS + 1)]
+    for count, status in ((MAX_QUERY_TRANSACTIONS + 1, 400), (MAX_QUERY_TRANSACTIONS, 200)):
+        answer = client.post(
+            "/v1/twins:query", json={"customer_ids": ["c"], "transaction_ids": ids[:count]}
+        )
+        assert answer.status_code == status

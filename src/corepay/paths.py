@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
@@ -235,8 +236,14 @@ class SimulationPath(DecisionPath):
         self, txns: Sequence[Transaction], ingested: Sequence[datetime | None]
     ) -> list[Outcome]:
         started = time.perf_counter()
+        customers = list(dict.fromkeys(t.customer_id for t in txns))
+        # Whether a twin shows a payment is all this path asks of its ``applied``: about the
+        # batch's payments, and those of its customers it decided and has not seen applied.
+        asked = {t.transaction_id for t in txns}
+        for cid in customers:
+            asked.update(p.transaction_id for p in self._pending.get(cid, ()))
         try:
-            twins = self.twins.get_many(list(dict.fromkeys(t.customer_id for t in txns)))
+            twins = self.twins.get_many_checking(customers, asked)
         except BackendTimeoutError:
             return self.failed(txns, ingested, "TWIN_TIMEOUT", now=self.clock())
         except UnavailableError:
@@ -244,7 +251,7 @@ class SimulationPath(DecisionPath):
         features = self.model.features_of(txns, twins)
         scores = self.model.score(features)
         decided = self.policy.decide(scores, features, self.model.features)
-        lags, fresher = self._staleness(txns, twins)
+        lags, fresher = self._staleness(txns, twins, asked)
         fresh: dict[int, Decision] = {}
         if fresher:
             rows = sorted(fresher)
@@ -277,13 +284,13 @@ class SimulationPath(DecisionPath):
         return outcomes
 
     def _staleness(
-        self, txns: Sequence[Transaction], twins: Mapping[str, Twin]
+        self, txns: Sequence[Transaction], twins: Mapping[str, Twin], asked: set[str]
     ) -> tuple[list[int], dict[int, Twin]]:
         """Per payment, how many decided payments its twin lacks, and (where it lacks any)
-        the twin with them applied."""
+        the twin with them applied. ``asked``: every id looked for in ``applied`` below."""
         lags: list[int] = []
         fresher: dict[int, Twin] = {}
-        applied: dict[str, frozenset[str]] = {}
+        applied: dict[str, AbstractSet[str]] = {}
         for i, txn in enumerate(txns):
             cid = txn.customer_id
             pending = self._pending.get(cid)
@@ -295,7 +302,7 @@ class SimulationPath(DecisionPath):
                 self._pending.move_to_end(cid)
             twin = twins.get(cid)
             if cid not in applied:
-                applied[cid] = frozenset(twin.applied) if twin is not None else frozenset()
+                applied[cid] = frozenset() if twin is None else asked.intersection(twin.applied)
             shown = applied[cid]
             pending[:] = [p for p in pending if p.transaction_id not in shown]
             missing = [p for p in pending if p.transaction_id != txn.transaction_id]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http.client
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -29,6 +29,22 @@ class TwinClient(ABC):
             UnavailableError, BackendTimeoutError: the twins could not be read.
         """
 
+    def get_many_checking(
+        self, customer_ids: Sequence[str], transaction_ids: Collection[str]
+    ) -> dict[str, Twin]:
+        """:meth:`get_many` for a caller that uses each twin's ``applied`` only to check
+        whether it holds some of ``transaction_ids``.
+
+        Each twin's ``applied`` then holds at least those of ``transaction_ids`` it has
+        applied, and may hold nothing else: a client that reads over a network leaves the
+        rest out (a long-lived customer's twin lists its last 1,000). By default it is
+        :meth:`get_many`.
+
+        Raises:
+            UnavailableError, BackendTimeoutError: the twins could not be read.
+        """
+        return self.get_many(customer_ids)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 
@@ -44,13 +60,16 @@ class StoreTwinClient(TwinClient):
 
 
 class HttpTwinClient(TwinClient):
-    """Reads twins from the twin service's internal API (``GET /v1/twins?customer_id=...``).
+    """Reads twins from the twin service's internal API (``GET /v1/twins?customer_id=...``,
+    and ``POST /v1/twins:query`` for :meth:`get_many_checking`).
 
     One keep-alive connection per thread; a batch is one request.
     """
 
-    #: Customer ids per request, to keep URLs well under common server limits.
+    #: Customer ids per ``GET``, to keep URLs well under common server limits.
     chunk = 100
+    #: Customer ids per ``POST /v1/twins:query`` (the most the twin service takes).
+    query_chunk = 1000
 
     def __init__(self, base_url: str, *, timeout: float = 2.0, token: str | None = None) -> None:
         parts = urlsplit(base_url)
@@ -61,17 +80,22 @@ class HttpTwinClient(TwinClient):
         self.base_url = base_url.rstrip("/")
         self._parts = parts
         self._headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        self._post_headers = {**self._headers, "Content-Type": "application/json"}
         self.timeout = timeout
         self._connections = ThreadConnections(parts, timeout)
         self._decoder = TwinDecoder()
 
     def _get(self, path: str) -> bytes:
+        return self._request("GET", path, None)
+
+    def _request(self, method: str, path: str, body: bytes | None) -> bytes:
+        headers = self._headers if body is None else self._post_headers
         for attempt in (1, 2):  # a kept-alive connection the server closed is retried once
             conn = self._connections.get()
             try:
-                conn.request("GET", self._parts.path.rstrip("/") + path, headers=self._headers)
+                conn.request(method, self._parts.path.rstrip("/") + path, body, headers)
                 response = conn.getresponse()
-                body = response.read()
+                answer = response.read()
             except TimeoutError as exc:
                 self._connections.reset()
                 raise BackendTimeoutError(
@@ -91,9 +115,9 @@ class HttpTwinClient(TwinClient):
                 )
             if response.status != 200:
                 raise UnavailableError(
-                    f"twin service at {self.base_url} answered {response.status}: {body[:200]!r}"
+                    f"twin service at {self.base_url} answered {response.status}: {answer[:200]!r}"
                 )
-            return body
+            return answer
         raise AssertionError("unreachable")
 
     def get_many(self, customer_ids: Sequence[str]) -> dict[str, Twin]:
@@ -101,17 +125,34 @@ class HttpTwinClient(TwinClient):
         twins: dict[str, Twin] = {}
         for start in range(0, len(ids), self.chunk):
             query = "&".join(f"customer_id={quote(c)}" for c in ids[start : start + self.chunk])
-            body = self._get(f"/v1/twins?{query}")
-            try:
-                docs = orjson.loads(body)["twins"]
-                for doc in docs:
-                    twin = self._decoder.decode(doc)
-                    twins[twin.customer_id] = twin
-            except (ValueError, KeyError, TypeError, DecodeError) as exc:
-                raise UnavailableError(
-                    f"twin service at {self.base_url} sent a malformed answer: {exc}"
-                ) from exc
+            self._decode(self._get(f"/v1/twins?{query}"), twins)
         return twins
+
+    def get_many_checking(
+        self, customer_ids: Sequence[str], transaction_ids: Collection[str]
+    ) -> dict[str, Twin]:
+        """As :meth:`TwinClient.get_many_checking`, in one ``POST /v1/twins:query`` per
+        :attr:`query_chunk` customers; the twins' ``applied`` hold only ``transaction_ids``."""
+        ids = list(dict.fromkeys(customer_ids))
+        asked = list(transaction_ids)
+        twins: dict[str, Twin] = {}
+        for start in range(0, len(ids), self.query_chunk):
+            query = {
+                "customer_ids": ids[start : start + self.query_chunk],
+                "transaction_ids": asked,
+            }
+            self._decode(self._request("POST", "/v1/twins:query", orjson.dumps(query)), twins)
+        return twins
+
+    def _decode(self, body: bytes, into: dict[str, Twin]) -> None:
+        try:
+            for doc in orjson.loads(body)["twins"]:
+                twin = self._decoder.decode(doc)
+                into[twin.customer_id] = twin
+        except (ValueError, KeyError, TypeError, DecodeError) as exc:
+            raise UnavailableError(
+                f"twin service at {self.base_url} sent a malformed answer: {exc}"
+            ) from exc
 
     def close(self) -> None:
         """Close every connection, whichever thread opened it."""

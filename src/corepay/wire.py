@@ -504,9 +504,23 @@ def encode_twin(twin: Twin) -> bytes:
     return encode_json(_twin_document(twin, _as_is))
 
 
-def encode_twins(twins: Iterable[Twin]) -> bytes:
-    """``{"twins": [...]}``: the twin service's answer to a batch read."""
-    return encode_json({"twins": [_twin_document(t, _as_is) for t in twins]})
+def encode_twins(
+    twins: Iterable[Twin], applied_of: frozenset[str] | set[str] | None = None
+) -> bytes:
+    """``{"twins": [...]}``: the twin service's answer to a batch read.
+
+    With ``applied_of``, each twin's ``applied`` holds only those of ``applied_of`` it has
+    applied (sorted): for a reader that only asks whether the twin has applied some given
+    transactions, whatever else it applied is left out.
+    """
+    if applied_of is None:
+        return encode_json({"twins": [_twin_document(t, _as_is) for t in twins]})
+    docs = []
+    for twin in twins:
+        doc = _twin_document(twin, _as_is)
+        doc["applied"] = sorted(applied_of.intersection(twin.applied))
+        docs.append(doc)
+    return encode_json({"twins": docs})
 
 
 def _as_is(value: Any) -> Any:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+import orjson
 from flask import Flask, Response, jsonify, request
 
 from corepay.auth import Credentials
@@ -26,6 +28,10 @@ def create_twin_app(
 
     - ``GET /v1/twins/<customer_id>``: the twin (404 when the customer has none).
     - ``GET /v1/twins?customer_id=a&customer_id=b``: ``{"twins": [...]}`` for those that exist.
+    - ``POST /v1/twins:query`` with ``{"customer_ids": [...], "transaction_ids": [...]}``: the
+      same, except that each twin's ``applied`` lists only those of ``transaction_ids`` it has
+      applied. This is how the engine reads: it only asks whether a twin shows some of its
+      own payments, and a long-lived customer's twin holds the ids of its last 1,000.
     - ``GET /healthz``, ``GET /readyz`` (the store, and the bus when given, are reachable,
       and ``current()`` says ``"ok"``: the updater has the twins up to date), ``GET /metrics``.
 
@@ -66,6 +72,18 @@ def create_twin_app(
         twins = store.get_many(ids)
         return _json(encode_twins(twins.values())), 200
 
+    @app.post("/v1/twins:query")
+    def query_twins() -> tuple[Response, int]:
+        try:
+            body = orjson.loads(request.get_data())
+        except orjson.JSONDecodeError:
+            body = None
+        problem = _query_problem(body)
+        if problem is not None:
+            return jsonify({"error": "bad_request", "message": problem}), 400
+        twins = store.get_many(body["customer_ids"])
+        return _json(encode_twins(twins.values(), frozenset(body["transaction_ids"]))), 200
+
     more = {} if current is None else {"twins": current}
     add_ops_routes(app, "twin", checks(store=store, bus=bus, **more))
     count_requests(app, "twin")
@@ -77,3 +95,26 @@ def _json(body: bytes) -> Response:
     # The engine reads a batch's twins in one answer of up to a megabyte, encoded by the wire
     # module (orjson): several times faster than Flask's JSON provider, which sorts every key.
     return Response(body, mimetype="application/json")
+
+
+#: Most transaction ids one query may ask about (a batch's payments and those of its
+#: customers the engine has decided but not yet seen applied: at most 16 per customer).
+MAX_QUERY_TRANSACTIONS = 100_000
+
+
+def _query_problem(body: Any) -> str | None:
+    """What is wrong with a ``POST /v1/twins:query`` body, or ``None``."""
+    if not isinstance(body, dict):
+        return "send a JSON object with customer_ids and transaction_ids"
+    unknown = sorted(set(body) - {"customer_ids", "transaction_ids"})
+    if unknown:
+        return f"unknown field(s): {', '.join(unknown)}"
+    customers, transactions = body.get("customer_ids"), body.get("transaction_ids")
+    if not isinstance(customers, list) or not 1 <= len(customers) <= 1000:
+        return "customer_ids must be a list of 1 to 1000 customer ids"
+    if not isinstance(transactions, list) or len(transactions) > MAX_QUERY_TRANSACTIONS:
+        return f"transaction_ids must be a list of at most {MAX_QUERY_TRANSACTIONS} ids"
+    for name, values in (("customer_ids", customers), ("transaction_ids", transactions)):
+        if not all(type(v) is str for v in values):
+            return f"{name} must hold only strings"
+    return None
