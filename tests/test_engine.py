@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import attrs
+import orjson
 import pytest
 from werkzeug.serving import make_server
 
@@ -33,6 +35,7 @@ from corepay.services.twin import update_twin
 from corepay.services.twin_api import create_twin_app
 from corepay.twin import live_decision
 from corepay.twin_client import TwinClient
+from corepay.wire import TwinDecoder, encode_twins
 
 
 def _txns(n: int, customers: int = 5) -> list[Transaction]:
@@ -124,11 +127,84 @@ def test_the_simulation_path_reads_twins_through_the_twin_service(
     for customer in {o.customer_id for o in live}:
         update_twin(store, customer, [o for o in live if o.customer_id == customer])
 
-    over_http = SimulationPath(HttpTwinClient(url)).decide_batch(txns[300:], [None] * 100)
-    direct = SimulationPath(StoreTwinClient(store)).decide_batch(txns[300:], [None] * 100)
+    # Payments the twins already show (read again, as after a crash) and new ones.
+    again = txns[250:]
+    over_http = SimulationPath(_QueryOnly(url)).decide_batch(again, [None] * 150)
+    direct = SimulationPath(StoreTwinClient(store)).decide_batch(again, [None] * 150)
     assert _seen(over_http) == _seen(direct)
     assert all(o.twin_version and o.twin_version > 0 for o in over_http)
-    assert any(o.twin_lag for o in over_http)  # a batch of 100 from 8 customers runs ahead
+    assert not any(o.twin_lag for o in over_http[:50])
+    assert any(o.twin_lag for o in over_http[50:])  # 100 new payments of 8 customers run ahead
+
+
+class _CutTwins(TwinClient):
+    """The twin service's answer to ``POST /v1/twins:query``, without the HTTP."""
+
+    def __init__(self, store: MemoryTwinStore) -> None:
+        self.store = store
+        self.decoder = TwinDecoder()
+
+    def get_many(self, customer_ids: Sequence[str]) -> dict[str, Twin]:
+        raise AssertionError("whole twins were read")
+
+    def get_many_checking(self, wanted: Mapping[str, Collection[str]]) -> dict[str, Twin]:
+        body = encode_twins(self.store.get_many(list(wanted)).values(), wanted)
+        return {t.customer_id: t for t in map(self.decoder.decode, orjson.loads(body)["twins"])}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_twins_cut_to_the_ids_asked_give_the_same_outcomes_as_whole_twins(seed: int) -> None:
+    # Batches read again, a payment twice in a batch, ids shared by customers and reused,
+    # customers forgotten, and twins that apply a random few of the decided payments, late
+    # and out of order.
+    rng = random.Random(seed)
+    customers = ["c-a", "c-b", "c-c", "c-d", "c-e"]
+    txns = [
+        attrs.evolve(t, transaction_id=f"t-{rng.randrange(150)}", customer_id=rng.choice(customers))
+        for t in _txns(400, customers=4)
+    ]
+    store = MemoryTwinStore()
+    whole = SimulationPath(StoreTwinClient(store), remember_customers=rng.choice([2, 3, 20_000]))
+    cut = SimulationPath(_CutTwins(store), remember_customers=whole.remember_customers)
+    decided: list[Transaction] = []
+    batches: list[list[Transaction]] = []
+    while len(decided) < len(txns):
+        if batches and rng.random() < 0.2:
+            batch = list(rng.choice(batches))
+        else:
+            batch = txns[len(decided) : len(decided) + rng.randint(1, 40)]
+            decided.extend(batch)
+            if rng.random() < 0.3:
+                batch.append(rng.choice(batch))
+        batches.append(batch)
+        assert _seen(cut.decide_batch(batch, [None] * len(batch))) == _seen(
+            whole.decide_batch(batch, [None] * len(batch))
+        )
+        for t in rng.sample(decided, k=min(len(decided), rng.randint(0, 25))):
+            update_twin(store, t.customer_id, [_approved(t)])
+    assert any(o.twin_lag for o in whole.decide_batch(txns[-40:], [None] * 40))
+
+
+def test_an_engine_reads_whole_twins_from_a_twin_service_without_the_query() -> None:
+    store = MemoryTwinStore()
+    app = create_twin_app(store)
+    app.view_functions["query_twins"] = lambda: ("not found", 404)  # as before it existed
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        txns = _txns(60, customers=1)
+        customer = txns[0].customer_id
+        update_twin(store, customer, [_approved(t) for t in txns[:10]])
+        client = HttpTwinClient(f"http://127.0.0.1:{server.server_port}")
+        read = client.get_many_checking({customer: ["x"], "cust-nobody": []})
+        assert read == {customer: store.get(customer)}  # the whole twin, applied and all
+        over_http = SimulationPath(client).decide_batch(txns[5:], [None] * 55)
+        direct = SimulationPath(StoreTwinClient(store)).decide_batch(txns[5:], [None] * 55)
+        assert _seen(over_http) == _seen(direct)
+    finally:
+        server.shutdown()
+        thread.join()
 
 
 def _seen(outcomes: Sequence[Outcome]) -> list[tuple[object, ...]]:
@@ -136,6 +212,11 @@ def _seen(outcomes: Sequence[Outcome]) -> list[tuple[object, ...]]:
         (o.transaction_id, o.decision, o.score, o.twin_version, o.twin_lag, o.fresh_decision)
         for o in outcomes
     ]
+
+
+class _QueryOnly(HttpTwinClient):
+    def get_many(self, customer_ids: Sequence[str]) -> dict[str, Twin]:
+        raise AssertionError("whole twins were read")
 
 
 def test_a_long_lived_customers_twin_is_read_without_its_applied_ids_and_judged_the_same(
@@ -148,9 +229,9 @@ def test_a_long_lived_customers_twin_is_read_without_its_applied_ids_and_judged_
     twin = store.get(past[0].customer_id)
     assert twin is not None and len(twin.applied) == 1_000
 
-    client = HttpTwinClient(url)
-    asked = {past[-1].transaction_id, past[0].transaction_id, new[0].transaction_id}
-    read = client.get_many_checking([twin.customer_id, "cust-nobody"], asked)
+    client = _QueryOnly(url)
+    asked = [past[-1].transaction_id, past[0].transaction_id, new[0].transaction_id]
+    read = client.get_many_checking({twin.customer_id: asked, "cust-nobody": asked})
     # Of what was asked, only what the twin still lists comes back: the first payment left
     # its last 1,000 long ago, and the new one was never applied.
     assert read[twin.customer_id].applied == (past[-1].transaction_id,)

@@ -298,11 +298,11 @@ def test_the_twin_api_wants_its_token_and_the_client_sends_it(twin_api: str):
     wrong = HttpTwinClient(twin_api, token="not-the-twin-token-000")
     try:
         assert with_token.get_many(["cust-1"]) == {}
-        assert with_token.get_many_checking(["cust-1"], {"txn-1"}) == {}
+        assert with_token.get_many_checking({"cust-1": ["txn-1"]}) == {}
         for client in (without, wrong):
             for read, args in (
                 (client.get_many, (["cust-1"],)),
-                (client.get_many_checking, (["cust-1"], {"txn-1"})),
+                (client.get_many_checking, ({"cust-1": ["txn-1"]},)),
             ):
                 with pytest.raises(UnavailableError, match="COREPAY_TWIN_TOKEN") as refused:
                     read(*args)
@@ -413,7 +413,7 @@ def test_the_twin_api_is_not_ready_until_its_twins_are_current():
     service.close()
 
 
-def test_a_twin_query_answers_what_each_twin_applied_of_the_ids_asked():
+def test_a_twin_query_answers_what_each_twin_applied_of_its_customers_ids():
     from corepay.models import Decision
     from corepay.services.twin import update_twin
     from corepay.twin import live_decision
@@ -432,35 +432,35 @@ def test_a_twin_query_answers_what_each_twin_applied_of_the_ids_asked():
     answer = client.post(
         "/v1/twins:query",
         json={
-            "customer_ids": ["cust-42", "cust-7", "cust-none"],
-            "transaction_ids": ["txn-4", "txn-0", "txn-9"],
+            "customers": {
+                "cust-42": ["txn-4", "txn-0", "txn-9"],
+                "cust-7": ["txn-4"],  # applied to cust-42's twin, not to this one
+                "cust-none": ["txn-1"],
+            }
         },
     )
     assert answer.status_code == 200
     twins = {t["customer_id"]: t for t in answer.get_json()["twins"]}
     assert twins.keys() == {"cust-42", "cust-7"}
     assert twins["cust-42"]["applied"] == ["txn-0", "txn-4"]
-    assert twins["cust-7"]["applied"] == ["txn-0"]
+    assert twins["cust-7"]["applied"] == []
     for customer, twin in twins.items():
         assert {**twin, "applied": full[customer]["applied"]} == full[customer]
-    nothing = client.post(
-        "/v1/twins:query", json={"customer_ids": ["cust-42"], "transaction_ids": []}
-    )
-    assert nothing.get_json()["twins"][0]["applied"] == []
+    mine = client.post("/v1/twins:query", json={"customers": {"cust-7": ["txn-0"]}})
+    assert mine.get_json()["twins"][0]["applied"] == ["txn-0"]
 
 
 @pytest.mark.parametrize(
     ("body", "problem"),
     [
-        (b"{not json", "send a JSON object"),
-        (b"[]", "send a JSON object"),
-        (b'{"customer_ids": ["c"]}', "transaction_ids must be a list"),
-        (b'{"transaction_ids": []}', "customer_ids must be a list of 1 to 1000"),
-        (b'{"customer_ids": [], "transaction_ids": []}', "customer_ids must be a list of 1"),
-        (b'{"customer_ids": "c", "transaction_ids": []}', "customer_ids must be a list of 1"),
-        (b'{"customer_ids": ["c", 7], "transaction_ids": []}', "customer_ids must hold only"),
-        (b'{"customer_ids": ["c"], "transaction_ids": [null]}', "transaction_ids must hold only"),
-        (b'{"customer_ids": ["c"], "transaction_ids": [], "x": 1}', "unknown field(s): x"),
+        (b"{not json", 'send {"customers"'),
+        (b"[]", 'send {"customers"'),
+        (b'{"customer_ids": ["c"]}', 'send {"customers"'),
+        (b'{"customers": {}}', "customers must map 1 to 1000 customer ids"),
+        (b'{"customers": ["c"]}', "customers must map 1 to 1000 customer ids"),
+        (b'{"customers": {"c": "t-1"}}', "customers['c'] must be a list of transaction ids"),
+        (b'{"customers": {"c": ["t-1", 7]}}', "customers['c'] must be a list of transaction"),
+        (b'{"customers": {"c": []}, "x": 1}', "unknown field(s): x"),
     ],
 )
 def test_a_twin_query_that_is_malformed_is_refused_with_what_is_wrong(body, problem):
@@ -469,26 +469,13 @@ def test_a_twin_query_that_is_malformed_is_refused_with_what_is_wrong(body, prob
     assert problem in answer.get_json()["message"]
 
 
-def test_a_twin_query_is_limited_in_customers_and_transactions():
-    from corepay.services.twin_api import MAX_QUERY_TRANSACTIONS
+def test_a_twin_query_is_limited_in_customers_and_size():
+    from corepay.services.twin_api import MAX_QUERY_BYTES
 
     client = create_twin_app(MemoryTwinStore()).test_client()
-    many = [f"c-{i}" for i in range(1001)]
-    assert (
-        client.post(
-            "/v1/twins:query", json={"customer_ids": many, "transaction_ids": []}
-        ).status_code
-        == 400
-    )
-    assert (
-        client.post(
-            "/v1/twins:query", json={"customer_ids": many[:1000], "transaction_ids": []}
-        ).status_code
-        == 200
-    )
-    ids = [f"t-{i}" for i in range(MAX_QUERY_TRANSACTIONS + 1)]
-    for count, status in ((MAX_QUERY_TRANSACTIONS + 1, 400), (MAX_QUERY_TRANSACTIONS, 200)):
-        answer = client.post(
-            "/v1/twins:query", json={"customer_ids": ["c"], "transaction_ids": ids[:count]}
-        )
-        assert answer.status_code == status
+    many = {f"c-{i}": [] for i in range(1001)}
+    assert client.post("/v1/twins:query", json={"customers": many}).status_code == 400
+    del many["c-1000"]
+    assert client.post("/v1/twins:query", json={"customers": many}).status_code == 200
+    huge = client.post("/v1/twins:query", data=b" " * (MAX_QUERY_BYTES + 1))
+    assert huge.status_code == 413 and huge.get_json()["error"] == "too_large"

@@ -236,14 +236,15 @@ class SimulationPath(DecisionPath):
         self, txns: Sequence[Transaction], ingested: Sequence[datetime | None]
     ) -> list[Outcome]:
         started = time.perf_counter()
-        customers = list(dict.fromkeys(t.customer_id for t in txns))
-        # Whether a twin shows a payment is all this path asks of its ``applied``: about the
-        # batch's payments, and those of its customers it decided and has not seen applied.
-        asked = {t.transaction_id for t in txns}
-        for cid in customers:
-            asked.update(p.transaction_id for p in self._pending.get(cid, ()))
+        # Whether a twin shows a payment is all this path asks of its ``applied``: per customer,
+        # about the batch's payments, and those it decided and has not seen applied yet.
+        asked: dict[str, set[str]] = {}
+        for t in txns:
+            asked.setdefault(t.customer_id, set()).add(t.transaction_id)
+        for cid, ids in asked.items():
+            ids.update(p.transaction_id for p in self._pending.get(cid, ()))
         try:
-            twins = self.twins.get_many_checking(customers, asked)
+            twins = self.twins.get_many_checking(asked)
         except BackendTimeoutError:
             return self.failed(txns, ingested, "TWIN_TIMEOUT", now=self.clock())
         except UnavailableError:
@@ -284,10 +285,11 @@ class SimulationPath(DecisionPath):
         return outcomes
 
     def _staleness(
-        self, txns: Sequence[Transaction], twins: Mapping[str, Twin], asked: set[str]
+        self, txns: Sequence[Transaction], twins: Mapping[str, Twin], asked: Mapping[str, set[str]]
     ) -> tuple[list[int], dict[int, Twin]]:
         """Per payment, how many decided payments its twin lacks, and (where it lacks any)
-        the twin with them applied. ``asked``: every id looked for in ``applied`` below."""
+        the twin with them applied. ``asked``: per customer, every id looked for in its
+        twin's ``applied`` below."""
         lags: list[int] = []
         fresher: dict[int, Twin] = {}
         applied: dict[str, AbstractSet[str]] = {}
@@ -302,7 +304,7 @@ class SimulationPath(DecisionPath):
                 self._pending.move_to_end(cid)
             twin = twins.get(cid)
             if cid not in applied:
-                applied[cid] = frozenset() if twin is None else asked.intersection(twin.applied)
+                applied[cid] = set() if twin is None else asked[cid].intersection(twin.applied)
             shown = applied[cid]
             pending[:] = [p for p in pending if p.transaction_id not in shown]
             missing = [p for p in pending if p.transaction_id != txn.transaction_id]

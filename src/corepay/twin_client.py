@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from urllib.parse import quote, urlsplit
 
 import orjson
@@ -16,6 +17,8 @@ from corepay.store import TwinStore
 from corepay.wire import TwinDecoder
 
 __all__ = ["HttpTwinClient", "StoreTwinClient", "TwinClient"]
+
+log = logging.getLogger(__name__)
 
 
 class TwinClient(ABC):
@@ -29,21 +32,19 @@ class TwinClient(ABC):
             UnavailableError, BackendTimeoutError: the twins could not be read.
         """
 
-    def get_many_checking(
-        self, customer_ids: Sequence[str], transaction_ids: Collection[str]
-    ) -> dict[str, Twin]:
-        """:meth:`get_many` for a caller that uses each twin's ``applied`` only to check
-        whether it holds some of ``transaction_ids``.
+    def get_many_checking(self, wanted: Mapping[str, Collection[str]]) -> dict[str, Twin]:
+        """The twins that exist among ``wanted``'s customers, for a caller that uses each
+        twin's ``applied`` only to check whether it holds some of the transaction ids
+        ``wanted`` gives for that customer.
 
-        Each twin's ``applied`` then holds at least those of ``transaction_ids`` it has
-        applied, and may hold nothing else: a client that reads over a network leaves the
-        rest out (a long-lived customer's twin lists its last 1,000). By default it is
-        :meth:`get_many`.
+        Each twin's ``applied`` then holds at least those of its customer's ids it has
+        applied, and may leave the rest out: a client that reads over a network does (a
+        long-lived customer's twin lists its last 1,000). By default it is :meth:`get_many`.
 
         Raises:
             UnavailableError, BackendTimeoutError: the twins could not be read.
         """
-        return self.get_many(customer_ids)
+        return self.get_many(list(wanted))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -84,11 +85,17 @@ class HttpTwinClient(TwinClient):
         self.timeout = timeout
         self._connections = ThreadConnections(parts, timeout)
         self._decoder = TwinDecoder()
+        self._query = True  # until the twin service turns out not to have POST /v1/twins:query
 
     def _get(self, path: str) -> bytes:
-        return self._request("GET", path, None)
+        answer = self._request("GET", path, None)
+        assert answer is not None  # only missing_ok requests answer None
+        return answer
 
-    def _request(self, method: str, path: str, body: bytes | None) -> bytes:
+    def _request(
+        self, method: str, path: str, body: bytes | None, *, missing_ok: bool = False
+    ) -> bytes | None:
+        """The body of a 200 answer; ``None`` for 404 or 405 when ``missing_ok``."""
         headers = self._headers if body is None else self._post_headers
         for attempt in (1, 2):  # a kept-alive connection the server closed is retried once
             conn = self._connections.get()
@@ -113,6 +120,8 @@ class HttpTwinClient(TwinClient):
                     f"twin service at {self.base_url} refused the engine's token (401): "
                     "set the same COREPAY_TWIN_TOKEN for both"
                 )
+            if missing_ok and response.status in (404, 405):
+                return None
             if response.status != 200:
                 raise UnavailableError(
                     f"twin service at {self.base_url} answered {response.status}: {answer[:200]!r}"
@@ -128,20 +137,30 @@ class HttpTwinClient(TwinClient):
             self._decode(self._get(f"/v1/twins?{query}"), twins)
         return twins
 
-    def get_many_checking(
-        self, customer_ids: Sequence[str], transaction_ids: Collection[str]
-    ) -> dict[str, Twin]:
-        """As :meth:`TwinClient.get_many_checking`, in one ``POST /v1/twins:query`` per
-        :attr:`query_chunk` customers; the twins' ``applied`` hold only ``transaction_ids``."""
-        ids = list(dict.fromkeys(customer_ids))
-        asked = list(transaction_ids)
+    def get_many_checking(self, wanted: Mapping[str, Collection[str]]) -> dict[str, Twin]:
+        """As :meth:`TwinClient.get_many_checking`: one ``POST /v1/twins:query`` per
+        :attr:`query_chunk` customers, answered with only the asked ids in ``applied``.
+
+        A twin service too old to answer it (404 or 405) is read with :meth:`get_many` from
+        then on, so that the engine can be upgraded before the twin service.
+        """
+        if not self._query:
+            return self.get_many(list(wanted))
+        customers = list(wanted)
         twins: dict[str, Twin] = {}
-        for start in range(0, len(ids), self.query_chunk):
-            query = {
-                "customer_ids": ids[start : start + self.query_chunk],
-                "transaction_ids": asked,
-            }
-            self._decode(self._request("POST", "/v1/twins:query", orjson.dumps(query)), twins)
+        for start in range(0, len(customers), self.query_chunk):
+            chunk = {c: list(wanted[c]) for c in customers[start : start + self.query_chunk]}
+            body = orjson.dumps({"customers": chunk})
+            answer = self._request("POST", "/v1/twins:query", body, missing_ok=True)
+            if answer is None:
+                log.warning(
+                    "twin service at %s does not answer POST /v1/twins:query (older than "
+                    "this engine); reading whole twins instead",
+                    self.base_url,
+                )
+                self._query = False
+                return self.get_many(customers)
+            self._decode(answer, twins)
         return twins
 
     def _decode(self, body: bytes, into: dict[str, Twin]) -> None:

@@ -505,20 +505,21 @@ def encode_twin(twin: Twin) -> bytes:
 
 
 def encode_twins(
-    twins: Iterable[Twin], applied_of: frozenset[str] | set[str] | None = None
+    twins: Iterable[Twin], applied_of: Mapping[str, Iterable[str]] | None = None
 ) -> bytes:
     """``{"twins": [...]}``: the twin service's answer to a batch read.
 
-    With ``applied_of``, each twin's ``applied`` holds only those of ``applied_of`` it has
-    applied (sorted): for a reader that only asks whether the twin has applied some given
-    transactions, whatever else it applied is left out.
+    With ``applied_of`` (transaction ids per customer), each twin's ``applied`` holds only
+    those of its customer's ids it has applied, sorted: for a reader that only asks whether
+    a twin shows some given payments, whatever else it applied is left out.
     """
     if applied_of is None:
         return encode_json({"twins": [_twin_document(t, _as_is) for t in twins]})
     docs = []
     for twin in twins:
         doc = _twin_document(twin, _as_is)
-        doc["applied"] = sorted(applied_of.intersection(twin.applied))
+        asked = frozenset(applied_of.get(twin.customer_id, ()))
+        doc["applied"] = sorted(asked.intersection(twin.applied)) if asked else []
         docs.append(doc)
     return encode_json({"twins": docs})
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from corepay.auth import Credentials
 from corepay.bus import Bus
@@ -28,10 +29,11 @@ def create_twin_app(
 
     - ``GET /v1/twins/<customer_id>``: the twin (404 when the customer has none).
     - ``GET /v1/twins?customer_id=a&customer_id=b``: ``{"twins": [...]}`` for those that exist.
-    - ``POST /v1/twins:query`` with ``{"customer_ids": [...], "transaction_ids": [...]}``: the
-      same, except that each twin's ``applied`` lists only those of ``transaction_ids`` it has
-      applied. This is how the engine reads: it only asks whether a twin shows some of its
-      own payments, and a long-lived customer's twin holds the ids of its last 1,000.
+    - ``POST /v1/twins:query`` with ``{"customers": {"<customer_id>": ["<transaction_id>",
+      ...], ...}}`` (1 to 1000 customers): ``{"twins": [...]}`` as above, except that each
+      twin's ``applied`` lists only those of its customer's transaction ids it has applied.
+      This is how the engine reads: it only asks whether a twin shows some of its own
+      payments, and a long-lived customer's twin holds the ids of its last 1,000.
     - ``GET /healthz``, ``GET /readyz`` (the store, and the bus when given, are reachable,
       and ``current()`` says ``"ok"``: the updater has the twins up to date), ``GET /metrics``.
 
@@ -39,6 +41,7 @@ def create_twin_app(
     otherwise); the token may also be given in its hashed form, ``sha256:<hex>``.
     """
     app = Flask("corepay.twin", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_QUERY_BYTES
     accepted = None if token is None else Credentials([token], what="COREPAY_TWIN_TOKEN")
 
     @app.before_request
@@ -81,8 +84,13 @@ def create_twin_app(
         problem = _query_problem(body)
         if problem is not None:
             return jsonify({"error": "bad_request", "message": problem}), 400
-        twins = store.get_many(body["customer_ids"])
-        return _json(encode_twins(twins.values(), frozenset(body["transaction_ids"]))), 200
+        asked = body["customers"]
+        return _json(encode_twins(store.get_many(list(asked)).values(), asked)), 200
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> tuple[Response, int]:
+        message = f"the body is larger than {MAX_QUERY_BYTES} bytes"
+        return jsonify({"error": "too_large", "message": message}), 413
 
     more = {} if current is None else {"twins": current}
     add_ops_routes(app, "twin", checks(store=store, bus=bus, **more))
@@ -92,29 +100,28 @@ def create_twin_app(
 
 
 def _json(body: bytes) -> Response:
-    # The engine reads a batch's twins in one answer of up to a megabyte, encoded by the wire
-    # module (orjson): several times faster than Flask's JSON provider, which sorts every key.
+    # A batch's twins go in one answer (megabytes, for many long-lived customers read in
+    # full), encoded by the wire module (orjson): several times faster than Flask's JSON
+    # provider, which sorts every key.
     return Response(body, mimetype="application/json")
 
 
-#: Most transaction ids one query may ask about (a batch's payments and those of its
-#: customers the engine has decided but not yet seen applied: at most 16 per customer).
-MAX_QUERY_TRANSACTIONS = 100_000
+#: Largest ``POST /v1/twins:query`` body: about 300,000 transaction ids.
+MAX_QUERY_BYTES = 16 * 1024 * 1024
 
 
 def _query_problem(body: Any) -> str | None:
     """What is wrong with a ``POST /v1/twins:query`` body, or ``None``."""
-    if not isinstance(body, dict):
-        return "send a JSON object with customer_ids and transaction_ids"
-    unknown = sorted(set(body) - {"customer_ids", "transaction_ids"})
+    shape = 'send {"customers": {"<customer_id>": ["<transaction_id>", ...], ...}}'
+    if not isinstance(body, dict) or "customers" not in body:
+        return shape
+    unknown = sorted(set(body) - {"customers"})
     if unknown:
         return f"unknown field(s): {', '.join(unknown)}"
-    customers, transactions = body.get("customer_ids"), body.get("transaction_ids")
-    if not isinstance(customers, list) or not 1 <= len(customers) <= 1000:
-        return "customer_ids must be a list of 1 to 1000 customer ids"
-    if not isinstance(transactions, list) or len(transactions) > MAX_QUERY_TRANSACTIONS:
-        return f"transaction_ids must be a list of at most {MAX_QUERY_TRANSACTIONS} ids"
-    for name, values in (("customer_ids", customers), ("transaction_ids", transactions)):
-        if not all(type(v) is str for v in values):
-            return f"{name} must hold only strings"
+    customers = body["customers"]
+    if not isinstance(customers, dict) or not 1 <= len(customers) <= 1000:
+        return f"customers must map 1 to 1000 customer ids to transaction ids; {shape}"
+    for customer, ids in customers.items():
+        if not isinstance(ids, list) or not all(type(i) is str for i in ids):
+            return f"customers[{customer!r}] must be a list of transaction ids (strings)"
     return None
