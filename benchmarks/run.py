@@ -16,7 +16,9 @@ whether each of the targets for a 2-core machine is met. Parts:
    bus), one transaction per request and 100 per batch request, from a pool of client threads.
 4. ``memory``: bytes per twin (in memory and as a stored document) and per transaction the
    detector holds while waiting for its pair.
-5. With ``--kafka``: ``baseline_kafka`` (a bare kafka-python produce-then-consume loop with
+5. ``twin_reads``: the engine reading 100 twins from the twin service over HTTP, for
+   customers of 20 and of 1,200 payments: whole twins against only the ids it asks about.
+6. With ``--kafka``: ``baseline_kafka`` (a bare kafka-python produce-then-consume loop with
    the same message sizes), ``kafka_pipeline`` (the four services as processes over the
    broker at fixed offered rates, see ``benchmarks/kafka_pipeline.py``) and
    ``baseline_kafka_relay`` (bare kafka-python relays in the pipeline's shape, at the same
@@ -28,6 +30,7 @@ Timings on a shared machine are noisy: compare figures from the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import http.client
 import json
@@ -45,6 +48,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 
 from corepay import MemoryBus, MemoryTwinStore, Pipeline, TrafficGenerator
@@ -56,7 +60,13 @@ from corepay.models import Decision
 from corepay.scoring import DecisionPolicy
 from corepay.training import default_model
 from corepay.twin import apply_outcome, live_decision
-from corepay.wire import decode_outcome, encode_outcome, encode_twin, parse_transaction
+from corepay.wire import (
+    decode_outcome,
+    encode_outcome,
+    encode_twin,
+    encode_twins,
+    parse_transaction,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -317,7 +327,76 @@ def memory(customers: int, per_customer: int, pending: int) -> dict[str, Any]:
     }
 
 
-# --- 5. the bare kafka-python loop ---------------------------------------------------------------
+# --- 5. twin reads ------------------------------------------------------------------------------
+
+
+def twin_reads(customers: int, levels: tuple[int, ...], rounds: int) -> list[dict[str, Any]]:
+    """The engine's read of a batch's twins from the twin service (waitress, as it serves
+    them, in this process), for customers with ``levels`` payments each: whole twins (``GET
+    /v1/twins``, how the engine read them before) against what the engine asks (``POST
+    /v1/twins:query`` with three ids per customer: two new payments and its latest applied).
+    Per twin: bytes, the engine's CPU (its thread), the twin service's (the rest of the
+    process) and the round trip."""
+    from corepay.services.serve import _http_server
+    from corepay.services.twin_api import create_twin_app
+    from corepay.twin import apply_outcomes
+    from corepay.twin_client import HttpTwinClient
+
+    found = []
+    for payments in levels:
+        one = [parse_transaction(r) for r in TrafficGenerator(customers=1).requests(payments)]
+        store = MemoryTwinStore()
+        asked: dict[str, list[str]] = {}
+        for k in range(customers):
+            cid = f"bench-{k}"
+            outcomes = [
+                live_decision(
+                    attrs.evolve(t, customer_id=cid, transaction_id=f"{t.transaction_id}-{k}"),
+                    Decision.APPROVE,
+                    "bench",
+                )
+                for t in one
+            ]
+            twin = apply_outcomes(None, outcomes)
+            assert twin is not None
+            store.compare_and_set(twin, expected_version=None)
+            asked[cid] = [f"new-{k}-a", f"new-{k}-b", twin.applied[-1]]
+        ids = list(asked)
+        row: dict[str, Any] = {"payments_per_customer": payments, "twins_per_read": customers}
+        with (
+            fewer_full_collections(),
+            _http_server(create_twin_app(store), "127.0.0.1", 0, "bench-twins") as port,
+        ):
+            client = HttpTwinClient(f"http://127.0.0.1:{port}")
+            client.chunk = customers  # one request per read either way
+            reads = {
+                "whole": functools.partial(client.get_many, ids),
+                "asked": functools.partial(client.get_many_checking, asked),
+            }
+            for name, read in reads.items():
+                for _ in range(3):
+                    read()
+                wall, mine, all_cpu = time.perf_counter(), time.thread_time(), time.process_time()
+                for _ in range(rounds):
+                    read()
+                wall = time.perf_counter() - wall
+                mine = time.thread_time() - mine
+                all_cpu = time.process_time() - all_cpu
+                per = rounds * customers
+                row[name] = {
+                    "round_trip_us": round(wall / per * 1e6, 1),
+                    "engine_cpu_us": round(mine / per * 1e6, 1),
+                    "twin_service_cpu_us": round((all_cpu - mine) / per * 1e6, 1),
+                }
+            client.close()
+        twins = store.get_many(ids).values()
+        row["whole"]["bytes"] = round(len(encode_twins(twins)) / customers)
+        row["asked"]["bytes"] = round(len(encode_twins(twins, asked)) / customers)
+        found.append(row)
+    return found
+
+
+# --- 6. the bare kafka-python loop ---------------------------------------------------------------
 
 
 def baseline_kafka(bootstrap: str, count: int) -> dict[str, Any]:
@@ -386,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     results["memory"] = memory(
         2000 if args.quick else 10_000, 20, 20_000 if args.quick else 100_000
     )
+    results["twin_reads"] = twin_reads(100, (20, 1200), 20 if args.quick else 60)
     if args.kafka:
         results["baseline_kafka"] = baseline_kafka(args.kafka, 20_000 if args.quick else 100_000)
         try:
@@ -433,6 +513,14 @@ def _table(r: dict[str, Any]) -> str:
         f"{m['bytes_per_pending_transaction']:,} B per pending transaction in the detector "
         f"({m['detector_pending']:,} pending)"
     )
+    for t in r.get("twin_reads", ()):
+        whole, asked = t["whole"], t["asked"]
+        lines.append(
+            f"twin reads over HTTP, {t['payments_per_customer']:,} payments a customer, per "
+            f"twin: whole {whole['bytes']:,} B, engine {whole['engine_cpu_us']:.0f} us, round "
+            f"trip {whole['round_trip_us']:.0f} us; only the ids asked {asked['bytes']:,} B, "
+            f"{asked['engine_cpu_us']:.0f} us, {asked['round_trip_us']:.0f} us"
+        )
     if "baseline_kafka" in r:
         k = r["baseline_kafka"]
         lines.append(

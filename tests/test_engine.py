@@ -188,7 +188,14 @@ def test_twins_cut_to_the_ids_asked_give_the_same_outcomes_as_whole_twins(seed: 
 def test_an_engine_reads_whole_twins_from_a_twin_service_without_the_query() -> None:
     store = MemoryTwinStore()
     app = create_twin_app(store)
-    app.view_functions["query_twins"] = lambda: ("not found", 404)  # as before it existed
+    query = app.view_functions["query_twins"]
+    asked: list[str] = []
+
+    def old_twin_service() -> tuple[str, int]:
+        asked.append("query")
+        return "not found", 404  # as before the query existed
+
+    app.view_functions["query_twins"] = old_twin_service
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -202,6 +209,12 @@ def test_an_engine_reads_whole_twins_from_a_twin_service_without_the_query() -> 
         over_http = SimulationPath(client).decide_batch(txns[5:], [None] * 55)
         direct = SimulationPath(StoreTwinClient(store)).decide_batch(txns[5:], [None] * 55)
         assert _seen(over_http) == _seen(direct)
+        assert asked == ["query"]  # asked once, then whole twins for a while...
+
+        app.view_functions["query_twins"] = query  # ...until the twin service is upgraded
+        client._whole_until = 0.0
+        read = client.get_many_checking({customer: [txns[0].transaction_id, "x"]})
+        assert read[customer].applied == (txns[0].transaction_id,)
     finally:
         server.shutdown()
         thread.join()

@@ -479,3 +479,24 @@ def test_a_twin_query_is_limited_in_customers_and_size():
     assert client.post("/v1/twins:query", json={"customers": many}).status_code == 200
     huge = client.post("/v1/twins:query", data=b" " * (MAX_QUERY_BYTES + 1))
     assert huge.status_code == 413 and huge.get_json()["error"] == "too_large"
+
+
+def test_the_twin_service_refuses_a_body_it_would_not_take_before_reading_it():
+    import socket
+
+    from corepay.services.serve import _http_server
+    from corepay.services.twin_api import MAX_QUERY_BYTES
+
+    app = create_twin_app(MemoryTwinStore(), token="twin-token-0123456789")
+    with (
+        _http_server(app, "127.0.0.1", 0, "test-twins") as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as conn,
+    ):
+        # No token, and a body four times the limit of which only the head is sent: the
+        # answer comes at once, without the server waiting for the rest.
+        conn.sendall(
+            b"POST /v1/twins:query HTTP/1.1\r\nHost: twins\r\n"
+            + f"Content-Length: {4 * MAX_QUERY_BYTES}\r\n\r\n".encode()
+            + b" " * 1024
+        )
+        assert conn.recv(100).startswith(b"HTTP/1.1 413")

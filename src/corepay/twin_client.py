@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
 from urllib.parse import quote, urlsplit
@@ -71,6 +72,8 @@ class HttpTwinClient(TwinClient):
     chunk = 100
     #: Customer ids per ``POST /v1/twins:query`` (the most the twin service takes).
     query_chunk = 1000
+    #: Seconds to read whole twins after the twin service did not answer the query.
+    query_retry_s = 60.0
 
     def __init__(self, base_url: str, *, timeout: float = 2.0, token: str | None = None) -> None:
         parts = urlsplit(base_url)
@@ -85,7 +88,8 @@ class HttpTwinClient(TwinClient):
         self.timeout = timeout
         self._connections = ThreadConnections(parts, timeout)
         self._decoder = TwinDecoder()
-        self._query = True  # until the twin service turns out not to have POST /v1/twins:query
+        # Until when twins are read whole, the twin service not having answered the query.
+        self._whole_until = 0.0
 
     def _get(self, path: str) -> bytes:
         answer = self._request("GET", path, None)
@@ -141,10 +145,11 @@ class HttpTwinClient(TwinClient):
         """As :meth:`TwinClient.get_many_checking`: one ``POST /v1/twins:query`` per
         :attr:`query_chunk` customers, answered with only the asked ids in ``applied``.
 
-        A twin service too old to answer it (404 or 405) is read with :meth:`get_many` from
-        then on, so that the engine can be upgraded before the twin service.
+        A twin service that does not answer it (404 or 405: older than this client, so that
+        the engine can be upgraded first) is read with :meth:`get_many` instead, and asked
+        again :attr:`query_retry_s` later.
         """
-        if not self._query:
+        if time.monotonic() < self._whole_until:
             return self.get_many(list(wanted))
         customers = list(wanted)
         twins: dict[str, Twin] = {}
@@ -154,11 +159,12 @@ class HttpTwinClient(TwinClient):
             answer = self._request("POST", "/v1/twins:query", body, missing_ok=True)
             if answer is None:
                 log.warning(
-                    "twin service at %s does not answer POST /v1/twins:query (older than "
-                    "this engine); reading whole twins instead",
+                    "twin service at %s does not answer POST /v1/twins:query (an older twin "
+                    "service, or not the twin service's URL); reading whole twins for %g s",
                     self.base_url,
+                    self.query_retry_s,
                 )
-                self._query = False
+                self._whole_until = time.monotonic() + self.query_retry_s
                 return self.get_many(customers)
             self._decode(answer, twins)
         return twins

@@ -65,7 +65,10 @@ def _http_server(
     of connecting (and the twin service starting a thread) for every batch, as werkzeug's
     development server made it do.
     """
-    server = create_server(app, host=host, port=port, threads=threads, ident="corepay")
+    # A body larger than the app takes is refused as it arrives, not read to the end first.
+    limit = app.config.get("MAX_CONTENT_LENGTH")
+    sizes = {} if limit is None else {"max_request_body_size": limit}
+    server = create_server(app, host=host, port=port, threads=threads, ident="corepay", **sizes)
     # A host name with several addresses (localhost: IPv4 and IPv6) gets one socket each.
     if isinstance(server, MultiSocketServer):
         bound, sockets = int(server.effective_listen[0][1]), server.map
