@@ -363,6 +363,7 @@ def twin_reads(customers: int, levels: tuple[int, ...], rounds: int) -> list[dic
             asked[cid] = [f"new-{k}-a", f"new-{k}-b", twin.applied[-1]]
         ids = list(asked)
         row: dict[str, Any] = {"payments_per_customer": payments, "twins_per_read": customers}
+        gc.collect()
         with (
             fewer_full_collections(),
             _http_server(create_twin_app(store), "127.0.0.1", 0, "bench-twins") as port,
