@@ -615,3 +615,31 @@ def test_a_twin_decoder_reuses_the_entries_it_decoded() -> None:
     assert again == first
     assert all(a is b for a, b in zip(again.history, first.history, strict=True))
     assert again.history
+
+
+def test_the_same_fields_parse_to_the_same_transaction_and_any_other_text_to_its_own() -> None:
+    first = parse_transaction(dict(_OWN))
+    assert parse_transaction(dict(reversed(list(_OWN.items())))) is first  # built once
+    others = {
+        "transaction_id": "txn-other",
+        "customer_id": "cust-other",
+        "amount": "12.5",  # the same number, written otherwise
+        "currency": "USD",
+        "merchant_id": "m-other",
+        "merchant_category": "5999",
+        "country": "FR",
+        "channel": "ecommerce" if _OWN["channel"] != "ecommerce" else "pos",
+        "timestamp": "2026-11-24T10:30:00+01:00",  # the same instant, another offset
+    }
+    for field, text in others.items():
+        parsed = parse_transaction(_own(**{field: text}))
+        assert parsed is not first
+        assert repr(parsed) == repr(_by_the_rules(_own(**{field: text})))  # offsets, digits
+    with pytest.raises(ValidationError):  # what was refused stays refused
+        parse_transaction({**_OWN, "extra": 1})
+
+
+def test_the_transactions_kept_for_reuse_are_bounded() -> None:
+    for i in range(wire._KNOWN_TRANSACTIONS_MAX + 10):
+        parse_transaction(_own(transaction_id=f"txn-bound-{i}"))
+    assert 0 < len(wire._KNOWN_TRANSACTIONS) <= wire._KNOWN_TRANSACTIONS_MAX

@@ -221,7 +221,16 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
         and type(currency) is str
         and type(country) is str
         and type(channel) is str
-        and _ID.fullmatch(tid)
+    ):
+        return None
+    # The same fields are validated again on every hop (an outcome carries its transaction):
+    # the same text makes the same transaction, so it is built once.
+    key = (tid, cid, amount, currency, mid, mcc, country, channel, stamp)
+    known = _KNOWN_TRANSACTIONS.get(key)
+    if known is not None:
+        return known
+    if not (
+        _ID.fullmatch(tid)
         and _ID.fullmatch(cid)
         and _ID.fullmatch(mid)
         and _PLAIN_AMOUNT.fullmatch(amount)
@@ -243,7 +252,17 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
     # can be out of range (by its offset); comparing aware datetimes costs about 1 us.
     if not "1970" < stamp[:4] < "2999" and not _EARLIEST <= moment <= _LATEST:
         return None
-    return Transaction(tid, cid, value, currency, mid, mcc, country, channel, moment)
+    txn = Transaction(tid, cid, value, currency, mid, mcc, country, channel, moment)
+    if len(_KNOWN_TRANSACTIONS) >= _KNOWN_TRANSACTIONS_MAX:
+        _KNOWN_TRANSACTIONS.clear()  # simpler than LRU; the next payments refill it
+    _KNOWN_TRANSACTIONS[key] = txn
+    return txn
+
+
+#: Transactions :func:`_well_formed` built, by the text of their fields; a transaction meets
+#: every service (in one process) or both outcomes of it meet the detector soon after.
+_KNOWN_TRANSACTIONS: dict[tuple[str, ...], Transaction] = {}
+_KNOWN_TRANSACTIONS_MAX = 8192
 
 
 def _identifier(value: Any) -> str:
