@@ -140,6 +140,8 @@ _EDGES = [
     _own(schema_version=1),
     _own(schema_version=True),
     _own(schema_version=1.0),
+    _own(schema_version=2),
+    _own(schema_version=0),
     {**_own(schema_version=1), "extra": 1},
     _own(timestamp="2026-11-24T09:30:00z"),
     _own(timestamp="2026-11-24 09:30:00Z"),
@@ -635,8 +637,9 @@ def test_the_same_fields_parse_to_the_same_transaction_and_any_other_text_to_its
         parsed = parse_transaction(_own(**{field: text}))
         assert parsed is not first
         assert repr(parsed) == repr(_by_the_rules(_own(**{field: text})))  # offsets, digits
-    with pytest.raises(ValidationError):  # what was refused stays refused
-        parse_transaction({**_OWN, "extra": 1})
+    for refused in ({**_OWN, "extra": 1}, {**_OWN, "schema_version": 2}):
+        with pytest.raises(ValidationError):  # what the rules refuse stays refused
+            parse_transaction(refused)
 
 
 def test_the_transactions_kept_for_reuse_are_bounded() -> None:
