@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -22,6 +22,7 @@ from corepay.bus import (
     LIVE_OUTCOME,
     SIMULATION_OUTCOME,
     Delivery,
+    Record,
     TopicPartition,
     dead_letter_topic,
 )
@@ -554,25 +555,19 @@ def test_malformed_live_outcome_is_dead_lettered_and_the_others_go_on(garbage: b
 
 
 class AlertsRefusedBus(MemoryBus):
-    """A MemoryBus whose broker refuses the first ``failures`` alerts published to it."""
+    """A MemoryBus whose broker refuses the first ``failures`` publishes holding an alert
+    (a batch is refused whole, as Kafka's buses do)."""
 
     def __init__(self, failures: int) -> None:
         super().__init__(partitions=1)
         self.failures = failures
 
-    def publish(
-        self,
-        topic: str,
-        key: str,
-        value: bytes,
-        headers: Mapping[str, str] | None = None,
-        *,
-        partition: int | None = None,
-    ) -> Delivery:
-        if topic == DIVERGENCE_ALERT and self.failures > 0:
+    def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
+        records = list(records)
+        if any(r.topic == DIVERGENCE_ALERT for r in records) and self.failures > 0:
             self.failures -= 1
             raise UnavailableError("broker not reachable")
-        return super().publish(topic, key, value, headers, partition=partition)
+        return super().publish_many(records)
 
 
 def test_alert_refused_by_the_bus_is_published_on_retry() -> None:

@@ -540,6 +540,18 @@ def test_memory_lag_counts_what_the_group_has_not_committed(
     assert bus.committed(group) == expected  # type: ignore[attr-defined]
 
 
+def test_memory_publish_many_with_a_value_not_bytes_publishes_none_of_them(
+    bus_factory: BusFactory, fresh_name: Names
+):
+    memory_only(bus_factory, "the memory bus checks every value before it takes any")
+    bus = bus_factory()
+    topic = new_topic(bus, fresh_name)
+    records = [Record(topic, "k", b"fine"), Record(topic, "k", "text")]  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="value must be bytes, not str"):
+        bus.publish_many(records)
+    assert bus.messages(topic) == []  # type: ignore[attr-defined]
+
+
 def test_replay_reads_whole_partitions_outside_any_group(
     bus_factory: BusFactory, fresh_name: Names
 ):

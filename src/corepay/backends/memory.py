@@ -88,8 +88,19 @@ class MemoryBus(Bus):
     def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
         records = list(records)
         for record in records:  # all or nothing, as on Kafka
+            self._check_value(record.value)
             self._check_partition(record.topic, record.partition)
-        return super().publish_many(records)
+        if not records:
+            return []
+        # One lock and one wake-up of the waiting consumers for the whole batch.
+        timestamp_ms = int(time.time() * 1000)
+        with self._lock:
+            deliveries = [
+                self._append(r.topic, r.key, r.value, r.headers, r.partition, timestamp_ms)
+                for r in records
+            ]
+            self._lock.notify_all()
+        return deliveries
 
     def publish(
         self,
@@ -100,26 +111,43 @@ class MemoryBus(Bus):
         *,
         partition: int | None = None,
     ) -> Delivery:
-        if not isinstance(value, bytes):
-            raise TypeError(f"value must be bytes, not {type(value).__name__}")
+        self._check_value(value)
         self._check_partition(topic, partition)
         with self._lock:
-            if partition is None:
-                partition = partition_for(key, self.partitions)
-            log = self._log(topic)[partition]
-            message = Message(
-                topic=topic,
-                partition=partition,
-                offset=len(log),
-                key=key,
-                value=value,
-                headers=dict(headers or {}),
-                timestamp_ms=int(time.time() * 1000),
-            )
-            log.append(message)
-            self._published[topic].append(message)
+            delivery = self._append(topic, key, value, headers, partition, int(time.time() * 1000))
             self._lock.notify_all()
-            return Delivery(topic, partition, message.offset)
+            return delivery
+
+    @staticmethod
+    def _check_value(value: object) -> None:
+        if not isinstance(value, bytes):
+            raise TypeError(f"value must be bytes, not {type(value).__name__}")
+
+    def _append(
+        self,
+        topic: str,
+        key: str,
+        value: bytes,
+        headers: Mapping[str, str] | None,
+        partition: int | None,
+        timestamp_ms: int,
+    ) -> Delivery:
+        # Called with the lock held.
+        if partition is None:
+            partition = partition_for(key, self.partitions)
+        log = self._log(topic)[partition]
+        message = Message(
+            topic=topic,
+            partition=partition,
+            offset=len(log),
+            key=key,
+            value=value,
+            headers=dict(headers or {}),
+            timestamp_ms=timestamp_ms,
+        )
+        log.append(message)
+        self._published[topic].append(message)
+        return Delivery(topic, partition, message.offset)
 
     def consumer(self, group: str, topics: Sequence[str]) -> MemoryConsumer:
         if not topics:
