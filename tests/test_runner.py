@@ -384,3 +384,149 @@ def test_a_twin_service_on_a_volatile_store_rebuilds_the_twins_after_a_restart()
     counts = {f"c{n}": fresh_store.get(f"c{n}").count for n in range(5)}  # type: ignore[union-attr]
     assert counts == {f"c{n}": 12 for n in range(5)}
     assert rebuilt == [60]  # once, with everything on live_outcome when it started applied
+
+
+def _echo_on_one_partition(**kwargs: Any) -> tuple[MemoryBus, _Echo]:
+    bus = MemoryBus(partitions=1)
+    return bus, _Echo(bus, **kwargs)
+
+
+def test_commits_are_spaced_while_busy_and_sent_once_a_poll_finds_nothing() -> None:
+    bus, service = _echo_on_one_partition(commit_interval=3600)
+    bus.publish("in", "k", b"a")
+    assert service.poll_once(0) == 1
+    assert bus.committed("echo")[("in", 0)] == 1  # the first batch is committed at once
+    for value in (b"b", b"c"):
+        bus.publish("in", "k", value)
+        assert service.poll_once(0) == 1
+    assert bus.committed("echo")[("in", 0)] == 1  # handled and published, commit spaced
+    assert [m.value for m in bus.messages("echoed")] == [b"a", b"b", b"c"]
+    assert service.poll_once(0) == 0
+    assert bus.committed("echo")[("in", 0)] == 3
+
+
+def test_a_batch_worth_of_uncommitted_messages_is_committed_without_waiting() -> None:
+    bus, service = _echo_on_one_partition(commit_interval=3600, max_records=3)
+    bus.publish("in", "k", b"a")
+    service.poll_once(0)
+    bus.publish("in", "k", b"b")
+    service.poll_once(0)
+    assert bus.committed("echo")[("in", 0)] == 1
+    for value in (b"c", b"d"):
+        bus.publish("in", "k", value)
+    assert service.poll_once(0) == 2
+    assert bus.committed("echo")[("in", 0)] == 4  # three waited: a crash redelivers no more
+
+
+def test_a_commit_goes_out_once_the_interval_has_passed(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("corepay.services.runner.time.monotonic", lambda: now[0])
+    bus, service = _echo_on_one_partition(commit_interval=0.1)
+    for value, advance, committed in ((b"a", 0.0, 1), (b"b", 0.05, 1), (b"c", 0.06, 3)):
+        now[0] += advance
+        bus.publish("in", "k", value)
+        service.poll_once(0)
+        assert bus.committed("echo")[("in", 0)] == committed
+
+
+def test_with_no_interval_every_batch_is_committed() -> None:
+    bus, service = _echo_on_one_partition(commit_interval=0)
+    for offset, value in enumerate((b"a", b"b", b"c"), start=1):
+        bus.publish("in", "k", value)
+        service.poll_once(0)
+        assert bus.committed("echo")[("in", 0)] == offset
+
+
+def test_leaving_commits_what_was_handled() -> None:
+    bus, service = _echo_on_one_partition(commit_interval=3600)
+    for value in (b"a", b"b"):
+        bus.publish("in", "k", value)
+        service.poll_once(0)
+    assert bus.committed("echo")[("in", 0)] == 1
+    service.close()
+    assert bus.committed("echo")[("in", 0)] == 2
+    again = _Echo(bus)
+    assert again.poll_once(0) == 0  # nothing handled is read a second time
+
+
+def test_an_idle_service_sends_no_commits(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The detector says what is safe to commit after every poll, an empty one too: offsets
+    # that did not move since they were sent are not sent again.
+    bus = MemoryBus(partitions=1)
+    service = DetectorService(bus, DivergenceDetector(timeout=30), clock=_Clock())
+    _publish(bus, "t1", Path.LIVE)
+    service.poll_once(0)
+    sent: list[object] = []
+    commit = service.consumer.commit
+    monkeypatch.setattr(
+        service.consumer, "commit", lambda *a, **k: (sent.append(a), commit(*a, **k))
+    )
+    for _ in range(3):
+        service.poll_once(0)
+    assert sent == []
+    _publish(bus, "t1", Path.SIMULATION)
+    service.poll_once(0)
+    service.poll_once(0)
+    both = {(LIVE_OUTCOME, 0): 1, (SIMULATION_OUTCOME, 0): 1}  # the held half is resolved
+    assert sent == [(both,)]
+    assert bus.committed(service.group) == both
+
+
+def test_an_idle_service_that_commits_all_it_polled_sends_no_commits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus, service = _echo_on_one_partition(commit_interval=3600)
+    bus.publish("in", "k", b"a")
+    service.poll_once(0)
+    sent: list[object] = []
+    commit = service.consumer.commit
+    monkeypatch.setattr(
+        service.consumer, "commit", lambda *a, **k: (sent.append(a), commit(*a, **k))
+    )
+    for _ in range(3):
+        service.poll_once(0)
+    assert sent == []
+
+
+class _EchoSaying(_Echo):
+    """An echo that says which offsets are safe, as services holding messages do."""
+
+    group = "echo"
+
+    def handle(self, messages: Sequence[Message]) -> Handled:
+        handled = super().handle(messages)
+        self._done = {
+            **getattr(self, "_done", {}),
+            **{m.topic_partition: m.offset + 1 for m in messages},
+        }
+        return Handled(handled.records, dict(self._done))
+
+
+@pytest.mark.parametrize("echo", [_Echo, _EchoSaying])
+def test_a_spaced_commit_after_a_rebalance_commits_the_partitions_still_owned(
+    echo: type[_Echo],
+) -> None:
+    bus = MemoryBus(partitions=2)
+    service = echo(bus, commit_interval=3600)
+    for partition in (0, 1):
+        bus.publish("in", "k", b"first", partition=partition)
+    service.poll_once(0)  # committed at once: both partitions at 1
+    for partition in (0, 1):
+        bus.publish("in", "k", b"second", partition=partition)
+    assert service.poll_once(0) == 2  # handled, commit spaced
+    other = bus.consumer("echo", ("in",))  # joins: each member now owns one partition
+    [(_, kept)] = service.consumer.assignment()
+    [(_, lost)] = other.assignment()
+    service.poll_once(0)
+    committed = bus.committed("echo")
+    assert committed[("in", kept)] == 2
+    assert committed[("in", lost)] == 1  # the new owner reads "second" again: never lost
+    assert [m.value for m in other.poll(10, 0)] == [b"second"]
+
+
+def test_a_negative_commit_interval_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="commit_interval"):
+        _Echo(MemoryBus(), commit_interval=-1)
+    with pytest.raises(ConfigurationError, match="commit_interval"):
+        Settings(commit_interval=-0.5)
+    assert Settings.from_env({"COREPAY_COMMIT_INTERVAL": "0"}).commit_interval == 0

@@ -17,6 +17,7 @@ variable                        setting                        default
 ``COREPAY_PAIRING_TIMEOUT``     ``pairing_timeout`` (seconds)  ``30``
 ``COREPAY_MAX_PENDING``         ``max_pending``                ``100000``
 ``COREPAY_BATCH_SIZE``          ``batch_size``                 ``500``
+``COREPAY_COMMIT_INTERVAL``     ``commit_interval`` (seconds)  ``0.1``
 ``COREPAY_GATEWAY_SEED``        ``gateway_seed``               ``0``
 ``COREPAY_GATEWAY_URL``         ``gateway_url``                ``simulated://?seed=<seed>``
 ``COREPAY_LIVE_MODEL``          ``live_model`` (a model file)  trained on first use
@@ -76,6 +77,11 @@ def _one_of(*choices: str) -> Callable[[Any, attrs.Attribute[Any], str], None]:
     return check
 
 
+def _not_negative(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ConfigurationError(f"{attribute.name} must be 0 or a positive number, got {value}")
+
+
 def _positive(instance: Any, attribute: attrs.Attribute[Any], value: float) -> None:
     if not math.isfinite(value) or value <= 0:
         raise ConfigurationError(f"{attribute.name} must be a positive number, got {value}")
@@ -96,6 +102,7 @@ class Settings:
     pairing_timeout: float = attrs.field(default=30.0, validator=_positive)
     max_pending: int = attrs.field(default=100_000, validator=_positive)
     batch_size: int = attrs.field(default=500, validator=_positive)
+    commit_interval: float = attrs.field(default=0.1, validator=_not_negative)
     gateway_seed: int = 0
     gateway_url: str | None = attrs.field(default=None, repr=False)
     live_model: str | None = None
@@ -167,6 +174,7 @@ ENV_VARS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "COREPAY_PAIRING_TIMEOUT": ("pairing_timeout", float),
     "COREPAY_MAX_PENDING": ("max_pending", int),
     "COREPAY_BATCH_SIZE": ("batch_size", int),
+    "COREPAY_COMMIT_INTERVAL": ("commit_interval", float),
     "COREPAY_GATEWAY_SEED": ("gateway_seed", int),
     "COREPAY_GATEWAY_URL": ("gateway_url", str),
     "COREPAY_LIVE_MODEL": ("live_model", str),

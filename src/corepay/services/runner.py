@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -34,7 +35,8 @@ class Handled:
     """What handling a batch produced: messages to publish, and what may be committed.
 
     ``commit`` is ``None`` to commit everything polled, or the offsets that are safe (a
-    service holding state for some messages commits only up to the oldest it still needs).
+    service holding state for some messages commits only up to the oldest it still needs; it
+    gives them for every batch, an empty one too).
     ``then`` is published only once ``records`` are all on the bus: state changelog entries
     that must never claim an output that was not written.
     """
@@ -77,7 +79,14 @@ def dead_letter(message: Message, error: str) -> Record:
 class ConsumerService(ABC):
     """A consumer-group member that turns batches of messages into published messages.
 
-    A batch is committed only after what it produced is on the bus. If handling or publishing
+    A batch is committed only after what it produced is on the bus, and commits are spaced:
+    while busy, the offsets of the batches handled are sent every ``commit_interval`` seconds
+    (``0``: after every batch), or sooner once ``max_records`` messages are waiting for one,
+    and at once when a poll finds nothing new or the service leaves. A commit is a request the
+    broker writes to its log, and one per small batch costs the broker and the client more
+    than the batch's records do. A crash redelivers what was handled since the last commit,
+    never more than a batch's worth, which the services' at-least-once handling allows for. If
+    handling or publishing
     fails with a backend error (store or bus down), the same batch is retried with backoff
     before anything new is polled, so nothing is skipped. A batch that keeps failing for any
     other reason is handled one message at a time after ``max_attempts`` tries, and a message
@@ -95,8 +104,18 @@ class ConsumerService(ABC):
     service = ""
     max_attempts = 3
 
-    def __init__(self, bus: Bus, *, group: str | None = None, max_records: int = 500) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        group: str | None = None,
+        max_records: int = 500,
+        commit_interval: float = 0.1,
+    ) -> None:
+        if not commit_interval >= 0:
+            raise ConfigurationError(f"commit_interval must be 0 or more, got {commit_interval}")
         self.bus = bus
+        self.commit_interval = commit_interval
         self.group = group or self.group
         self.service = self.service or self.group.removeprefix("corepay-")
         self.max_records = max_records
@@ -108,6 +127,13 @@ class ConsumerService(ABC):
         self._backoff = 0.0
         self.processed = 0
         self._lag_reported: set[TopicPartition] = set()
+        # What was handled and not committed yet: the offsets the service said are safe (per
+        # partition), or everything polled; and the offsets last sent, per partition.
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._commit_all = False
+        self._sent: dict[TopicPartition, int] = {}
+        self._last_commit = -math.inf
+        self._handled_since_commit = 0
 
     @abstractmethod
     def handle(self, messages: Sequence[Message]) -> Handled:
@@ -184,8 +210,20 @@ class ConsumerService(ABC):
         handled = self._handled
         self._inflight, self._handled, self._retrying = [], None, False
         self._attempts, self._backoff = 0, 0.0
-        with self._timed("commit", bool(messages)):
-            self._commit(handled.commit)
+        if handled.commit is not None:
+            self._uncommitted.update(handled.commit)
+        elif messages:
+            self._commit_all = True
+        self._handled_since_commit += len(messages)
+        now = time.monotonic()
+        if (
+            not messages
+            or self._handled_since_commit >= self.max_records
+            or now - self._last_commit >= self.commit_interval
+        ):
+            with self._timed("commit", bool(messages)):
+                self._commit_handled()
+            self._last_commit, self._handled_since_commit = now, 0
         self.processed += len(messages)
         return len(messages)
 
@@ -275,14 +313,40 @@ class ConsumerService(ABC):
             "%s: %s; retrying %d messages in %.2f s", self.group, exc, len(messages), self._backoff
         )
 
-    def _commit(self, offsets: Mapping[TopicPartition, int] | None) -> None:
-        # A failed commit loses nothing: the next batch's commit covers these offsets too, and
-        # at worst the group reads them again. So the next batch does not wait for the broker
+    def _commit_handled(self) -> None:
+        """Commit what was handled since the last commit, if anything.
+
+        Offsets a service gave (see :meth:`safe_commit`) are sent for the partitions it still
+        owns, where they moved: a partition another member took over is left to it, which
+        reads again from the group's last commit, so what this member handled since goes
+        through twice, never lost. Otherwise everything polled is committed, which between
+        batches is everything handled (the consumer leaves out partitions it lost).
+        """
+        offsets: dict[TopicPartition, int] | None = None
+        if self._uncommitted:
+            owned = self.consumer.assignment()
+            offsets = {
+                tp: offset
+                for tp, offset in self._uncommitted.items()
+                if tp in owned and self._sent.get(tp) != offset
+            }
+            self._sent = {tp: offset for tp, offset in self._sent.items() if tp in owned}
+            if not offsets:
+                self._uncommitted = {}
+                return
+        elif not self._commit_all:
+            return
+        self._uncommitted, self._commit_all = {}, False
+        # A failed commit loses nothing: a later commit covers these offsets too, and at
+        # worst the group reads them again. So the next batch does not wait for the broker
         # to store this one's offsets; closing the consumer does.
         try:
             self.consumer.commit(offsets, wait=False)
         except (CommitFailedError, BackendError) as exc:
             log.warning("%s: commit failed: %s", self.group, exc)
+            return
+        if offsets is not None:
+            self._sent.update(offsets)
 
     def run(self, stop: threading.Event, *, timeout: float = 0.5) -> None:
         """Poll until ``stop`` is set, then finish the batch in hand, commit and leave."""
@@ -297,4 +361,7 @@ class ConsumerService(ABC):
         for tp in self._lag_reported:
             self._forget_lag(tp)
         self._lag_reported = set()
-        self.consumer.close()
+        try:
+            self._commit_handled()
+        finally:
+            self.consumer.close()

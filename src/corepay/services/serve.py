@@ -161,7 +161,12 @@ def _engine(settings: Settings, stop: threading.Event) -> None:
                 _ops_server("engine", settings, checks(bus=bus)),
             ):
                 bus.ensure_topics(ALL_TOPICS)
-                service = EngineService(bus, engine, max_records=settings.batch_size)
+                service = EngineService(
+                    bus,
+                    engine,
+                    max_records=settings.batch_size,
+                    commit_interval=settings.commit_interval,
+                )
                 heap.settle()
                 service.run(stop)
     finally:
@@ -176,7 +181,13 @@ def _twin(settings: Settings, stop: threading.Event) -> None:
         settings.store_url, username=settings.store_username, password=settings.store_password
     )
     with bus, store:
-        service = TwinService(bus, store, max_records=settings.batch_size, on_rebuilt=heap.settle)
+        service = TwinService(
+            bus,
+            store,
+            max_records=settings.batch_size,
+            commit_interval=settings.commit_interval,
+            on_rebuilt=heap.settle,
+        )
         heap.settle()
 
         def update() -> None:
@@ -208,7 +219,12 @@ def _detector(settings: Settings, stop: threading.Event) -> None:
         timeout=settings.pairing_timeout, max_pending=settings.max_pending
     )
     with bus, _ops_server("detector", settings, checks(bus=bus)):
-        service = DetectorService(bus, detector, max_records=settings.batch_size)
+        service = DetectorService(
+            bus,
+            detector,
+            max_records=settings.batch_size,
+            commit_interval=settings.commit_interval,
+        )
         heap.settle()
         service.run(stop)
 
