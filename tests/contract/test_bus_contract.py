@@ -162,6 +162,26 @@ def test_publish_many_returns_deliveries_in_record_order(
     assert bus.publish_many([]) == []
 
 
+def test_a_kafka_publish_does_not_wait_out_the_producer_linger(
+    bus_factory: BusFactory, fresh_name: Names
+):
+    if bus_factory.name != "kafka":
+        pytest.skip("kafka-only: the producer's linger_ms")
+    # With a minute's linger, a publish that waited for its batch to fill or the linger to
+    # pass would time out after 20 s; one that has its records sent at once is acknowledged.
+    from corepay.backends import open_bus
+
+    with open_bus(f"{bus_factory.url}&linger_ms=60000&publish_timeout=20") as bus:
+        topic = new_topic(bus, fresh_name)
+        keys = [fresh_name("customer") for _ in range(3)]
+        deliveries = bus.publish_many([Record(topic, k, b"batched") for k in keys])
+        deliveries.append(bus.publish(topic, keys[0], b"alone"))
+        assert [d.topic for d in deliveries] == [topic] * 4
+        consumer = bus_factory.consumer(bus, fresh_name("group"), [topic])
+        got = poll_until(consumer, 4, bus_factory.deadline())
+        assert sorted(m.value for m in got) == [b"alone", b"batched", b"batched", b"batched"]
+
+
 def test_a_record_given_a_partition_goes_there_whatever_its_key(
     bus_factory: BusFactory, fresh_name: Names
 ):

@@ -8,7 +8,8 @@ option                 default  meaning
 partitions             4        partitions of every topic CorePay creates (all equal, so the
                                 outcome topics stay co-partitioned)
 replication_factor     1        replicas of every topic CorePay creates
-linger_ms              5        producer: how long to wait to fill a batch
+linger_ms              5        producer: how long to wait to fill a batch (a publish sends
+                                at once while it waits for its acknowledgements)
 batch_size             65536    producer: most bytes per partition batch
 compression_type       none     producer: ``gzip``, ``snappy``, ``lz4``, ``zstd`` or ``none``
 publish_timeout        10       seconds a publish waits for the broker's acknowledgement
@@ -31,7 +32,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -149,6 +150,40 @@ def _translate(exc: Exception, what: str) -> Exception:
         # Too large, invalid, not authorized...: the same request fails the same way again.
         return RejectedError(f"Kafka refused {what}: {type(exc).__name__}: {exc}")
     return UnavailableError(f"Kafka: {what} failed: {type(exc).__name__}: {exc}")
+
+
+def _can_send_now(producer: Any) -> bool:
+    """Whether this kafka-python producer has the flush switch :func:`_sending_now` uses."""
+    accumulator = getattr(producer, "_accumulator", None)
+    return (
+        callable(getattr(accumulator, "begin_flush", None))
+        and callable(getattr(getattr(accumulator, "_flushes_in_progress", None), "decrement", None))
+        and callable(getattr(getattr(producer, "_sender", None), "wakeup", None))
+    )
+
+
+@contextlib.contextmanager
+def _sending_now(producer: Any) -> Iterator[None]:
+    """While a publish waits for its acknowledgements, have the producer send what it holds
+    at once instead of waiting out ``linger_ms``.
+
+    A publish appends all its records before it waits, so there is nothing left to gather:
+    lingering only delayed every publish by ``linger_ms`` (5 ms; the detector, whose alerts
+    must be on the bus before the changelog entries that claim them, paid it twice a batch).
+    This is what ``KafkaProducer.flush()`` does, without its wait, which is for every
+    unfinished batch of every thread, each with the whole timeout. Records other threads
+    append meanwhile go out at once too. A kafka-python without that switch lingers as before.
+    """
+    if not _can_send_now(producer):
+        yield
+        return
+    accumulator = producer._accumulator
+    accumulator.begin_flush()
+    try:
+        producer._sender.wakeup()
+        yield
+    finally:
+        accumulator._flushes_in_progress.decrement()
 
 
 class KeyHashPartitioner(DefaultPartitioner):  # type: ignore[misc]
@@ -353,9 +388,10 @@ class KafkaBus(Bus):
             ]
             deadline = time.monotonic() + self.publish_timeout
             deliveries = []
-            for future in futures:
-                meta = future.get(timeout=max(deadline - time.monotonic(), 0.001))
-                deliveries.append(Delivery(meta.topic, meta.partition, meta.offset))
+            with _sending_now(producer):
+                for future in futures:
+                    meta = future.get(timeout=max(deadline - time.monotonic(), 0.001))
+                    deliveries.append(Delivery(meta.topic, meta.partition, meta.offset))
         except (KafkaError, OSError) as exc:
             raise _translate(exc, f"publishing {len(records)} message(s)") from exc
         return deliveries
