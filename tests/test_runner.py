@@ -405,17 +405,65 @@ def test_commits_are_spaced_while_busy_and_sent_once_a_poll_finds_nothing() -> N
     assert bus.committed("echo")[("in", 0)] == 3
 
 
-def test_a_batch_worth_of_uncommitted_messages_is_committed_without_waiting() -> None:
-    bus, service = _echo_on_one_partition(commit_interval=3600, max_records=3)
-    bus.publish("in", "k", b"a")
-    service.poll_once(0)
-    bus.publish("in", "k", b"b")
-    service.poll_once(0)
-    assert bus.committed("echo")[("in", 0)] == 1
-    for value in (b"c", b"d"):
+class _EchoRedeliveringAtMostFour(_Echo):
+    redelivery_limit = 4
+
+
+def test_a_commit_goes_out_before_a_crash_could_redeliver_more_than_the_limit() -> None:
+    bus = MemoryBus(partitions=1)
+    service = _EchoRedeliveringAtMostFour(bus, commit_interval=3600, max_records=2)
+    for offset, committed in ((1, 1), (2, 1), (3, 1), (4, 4)):
+        bus.publish("in", "k", b"x")
+        assert service.poll_once(0) == 1
+        # Never more than 4 - 2 waiting, so that a crash in the next batch of up to 2
+        # redelivers at most 4.
+        assert offset - bus.committed("echo")[("in", 0)] <= 2
+        assert bus.committed("echo")[("in", 0)] == committed
+
+
+class _Crash(BaseException):
+    pass
+
+
+def test_a_twin_service_crash_never_redelivers_more_than_a_twin_remembers() -> None:
+    bus, store = MemoryBus(partitions=1), MemoryTwinStore()
+    store.durable = True  # the twins outlive the crash; nothing is rebuilt
+    policy = TwinPolicy(dedup_window=2)  # the least a batch of 2 allows
+    first = TwinService(bus, store, policy=policy, max_records=2, commit_interval=3600)
+    for tid in ("t1", "t2"):
+        _publish(bus, tid, Path.LIVE)
+        first.poll_once(0)
+    _publish(bus, "t3", Path.LIVE)
+    _publish(bus, "t4", Path.LIVE)
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise _Crash
+
+    first.consumer.commit = crash  # type: ignore[method-assign]
+    with pytest.raises(_Crash):
+        first.poll_once(0)  # t3 and t4 applied, then the process died before committing
+    type(first.consumer).close(first.consumer)  # the dead member leaves the group
+    second = TwinService(bus, store, policy=policy, max_records=2, commit_interval=3600)
+    while second.poll_once(0):
+        pass
+    twin = store.get("cust-1")
+    assert twin is not None and twin.count == 4
+
+
+def test_leaving_while_a_batch_is_retried_does_not_commit_it() -> None:
+    bus = _RefusingBus("echoed", refusals=0, partitions=1)
+    service = _Echo(bus, commit_interval=3600)
+    for value in (b"a", b"b"):
         bus.publish("in", "k", value)
-    assert service.poll_once(0) == 2
-    assert bus.committed("echo")[("in", 0)] == 4  # three waited: a crash redelivers no more
+        service.poll_once(0)
+    bus.refusals = 1
+    bus.publish("in", "k", b"c")
+    assert service.poll_once(0) == 0  # the bus refused: c is held for a retry
+    service.close()
+    assert bus.committed("echo")[("in", 0)] == 2  # a and b, which were handled
+    again = _Echo(bus)
+    assert again.poll_once(0) == 1
+    assert [m.value for m in bus.messages("echoed")] == [b"a", b"b", b"c"]
 
 
 def test_a_commit_goes_out_once_the_interval_has_passed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -486,6 +534,24 @@ def test_an_idle_service_that_commits_all_it_polled_sends_no_commits(
     for _ in range(3):
         service.poll_once(0)
     assert sent == []
+
+
+def test_offsets_are_sent_again_after_a_while_in_case_a_commit_did_not_land(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr("corepay.services.runner.time.monotonic", lambda: now[0])
+    bus, service = _echo_on_one_partition(commit_interval=3600)
+    bus.publish("in", "k", b"a")
+    service.poll_once(0)
+    sent: list[object] = []
+    monkeypatch.setattr(service.consumer, "commit", lambda *a, **k: sent.append(a))  # lost
+    now[0] += service.recommit_after / 2
+    service.poll_once(0)
+    assert sent == []
+    now[0] += service.recommit_after
+    service.poll_once(0)
+    assert sent == [({("in", 0): 1},)]
 
 
 class _EchoSaying(_Echo):

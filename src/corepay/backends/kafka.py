@@ -561,8 +561,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.member = member
 
     def on_partitions_revoked(self, revoked: Any) -> None:
-        # Called inside poll(), between batches: everything handled was committed after its
-        # batch, so all that is left is to forget the positions of what leaves.
+        # Called inside poll(), between batches. What was handled and not committed yet (the
+        # services space their commits) is read again by whoever owns the partition next,
+        # this member too: at least once. All that is left is to forget what leaves.
         self.member._forget({TopicPartition(tp.topic, tp.partition) for tp in revoked})
 
     def on_partitions_assigned(self, assigned: Any) -> None:

@@ -81,11 +81,12 @@ class ConsumerService(ABC):
 
     A batch is committed only after what it produced is on the bus, and commits are spaced:
     while busy, the offsets of the batches handled are sent every ``commit_interval`` seconds
-    (``0``: after every batch), or sooner once ``max_records`` messages are waiting for one,
-    and at once when a poll finds nothing new or the service leaves. A commit is a request the
-    broker writes to its log, and one per small batch costs the broker and the client more
-    than the batch's records do. A crash redelivers what was handled since the last commit,
-    never more than a batch's worth, which the services' at-least-once handling allows for. If
+    (``0``: after every batch), or sooner when the next batch could take what a crash would
+    redeliver past :attr:`redelivery_limit`, and at once when a poll finds nothing new or the
+    service leaves. A commit is a request the broker writes to its log, and one per small
+    batch costs the broker and the client more than the batch's records do. A crash (or a
+    rebalance) redelivers what was handled since the last commit, which the services'
+    at-least-once handling allows for. Only what was handled is ever committed. If
     handling or publishing
     fails with a backend error (store or bus down), the same batch is retried with backoff
     before anything new is polled, so nothing is skipped. A batch that keeps failing for any
@@ -103,6 +104,13 @@ class ConsumerService(ABC):
     #: The service's name in metrics; defaults to the group without its ``corepay-`` prefix.
     service = ""
     max_attempts = 3
+    #: Most handled messages a crash may redeliver (``None``: bounded by time alone); a
+    #: service that must not see more again at once (the twin service's memory of applied
+    #: transactions) sets it.
+    redelivery_limit: int | None = None
+    #: Seconds after which offsets that did not move are sent again, in case a commit sent
+    #: without waiting did not land.
+    recommit_after = 5.0
 
     def __init__(
         self,
@@ -127,12 +135,11 @@ class ConsumerService(ABC):
         self._backoff = 0.0
         self.processed = 0
         self._lag_reported: set[TopicPartition] = set()
-        # What was handled and not committed yet: the offsets the service said are safe (per
-        # partition), or everything polled; and the offsets last sent, per partition.
-        self._uncommitted: dict[TopicPartition, int] = {}
-        self._commit_all = False
+        # Per partition: the offset safe to commit (past what was handled, or what the service
+        # said), and the offset last sent.
+        self._safe: dict[TopicPartition, int] = {}
         self._sent: dict[TopicPartition, int] = {}
-        self._last_commit = -math.inf
+        self._last_commit = self._last_resend = -math.inf
         self._handled_since_commit = 0
 
     @abstractmethod
@@ -211,19 +218,22 @@ class ConsumerService(ABC):
         self._inflight, self._handled, self._retrying = [], None, False
         self._attempts, self._backoff = 0, 0.0
         if handled.commit is not None:
-            self._uncommitted.update(handled.commit)
+            self._safe.update(handled.commit)
         elif messages:
-            self._commit_all = True
+            # Past the last message of each partition in the batch (they come in offset order).
+            last = {(m.topic, m.partition): m.offset + 1 for m in messages}
+            self._safe.update((TopicPartition(*tp), offset) for tp, offset in last.items())
         self._handled_since_commit += len(messages)
         now = time.monotonic()
+        limit = self.redelivery_limit
         if (
             not messages
-            or self._handled_since_commit >= self.max_records
             or now - self._last_commit >= self.commit_interval
+            # A crash in the next batch would redeliver it too, after it was applied.
+            or (limit is not None and self._handled_since_commit + self.max_records > limit)
         ):
             with self._timed("commit", bool(messages)):
-                self._commit_handled()
-            self._last_commit, self._handled_since_commit = now, 0
+                self._commit_handled(now)
         self.processed += len(messages)
         return len(messages)
 
@@ -313,30 +323,21 @@ class ConsumerService(ABC):
             "%s: %s; retrying %d messages in %.2f s", self.group, exc, len(messages), self._backoff
         )
 
-    def _commit_handled(self) -> None:
-        """Commit what was handled since the last commit, if anything.
+    def _commit_handled(self, now: float) -> None:
+        """Send the offsets safe to commit that moved since they were last sent (all of them
+        again every :attr:`recommit_after` seconds), for the partitions still owned.
 
-        Offsets a service gave (see :meth:`safe_commit`) are sent for the partitions it still
-        owns, where they moved: a partition another member took over is left to it, which
-        reads again from the group's last commit, so what this member handled since goes
-        through twice, never lost. Otherwise everything polled is committed, which between
-        batches is everything handled (the consumer leaves out partitions it lost).
+        A partition another member took over is left to it: it reads again from the group's
+        last commit, so what this member handled since goes through twice, never lost.
         """
-        offsets: dict[TopicPartition, int] | None = None
-        if self._uncommitted:
-            owned = self.consumer.assignment()
-            offsets = {
-                tp: offset
-                for tp, offset in self._uncommitted.items()
-                if tp in owned and self._sent.get(tp) != offset
-            }
-            self._sent = {tp: offset for tp, offset in self._sent.items() if tp in owned}
-            if not offsets:
-                self._uncommitted = {}
-                return
-        elif not self._commit_all:
+        self._last_commit, self._handled_since_commit = now, 0
+        owned = self.consumer.assignment()
+        self._safe = {tp: offset for tp, offset in self._safe.items() if tp in owned}
+        if now - self._last_resend >= self.recommit_after:
+            self._sent, self._last_resend = {}, now
+        offsets = {tp: o for tp, o in self._safe.items() if self._sent.get(tp) != o}
+        if not offsets:
             return
-        self._uncommitted, self._commit_all = {}, False
         # A failed commit loses nothing: a later commit covers these offsets too, and at
         # worst the group reads them again. So the next batch does not wait for the broker
         # to store this one's offsets; closing the consumer does.
@@ -345,11 +346,11 @@ class ConsumerService(ABC):
         except (CommitFailedError, BackendError) as exc:
             log.warning("%s: commit failed: %s", self.group, exc)
             return
-        if offsets is not None:
-            self._sent.update(offsets)
+        self._sent.update(offsets)
 
     def run(self, stop: threading.Event, *, timeout: float = 0.5) -> None:
-        """Poll until ``stop`` is set, then finish the batch in hand, commit and leave."""
+        """Poll until ``stop`` is set, then commit what was handled and leave (a batch being
+        retried, with the store or bus down, is left to be read again)."""
         try:
             while not stop.is_set():
                 self.poll_once(timeout)
@@ -362,6 +363,6 @@ class ConsumerService(ABC):
             self._forget_lag(tp)
         self._lag_reported = set()
         try:
-            self._commit_handled()
+            self._commit_handled(time.monotonic())
         finally:
             self.consumer.close()

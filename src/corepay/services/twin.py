@@ -98,6 +98,9 @@ class TwinService(ConsumerService):
             )
         self.store = store
         self.policy = policy
+        # Commits are spaced, but never so far that a crash redelivers more outcomes than a
+        # twin remembers having applied.
+        self.redelivery_limit = policy.dedup_window
         self.conflicts = 0
         self.customers: set[str] = set()
         self._rebuilt: set[int] = set()
