@@ -25,6 +25,8 @@ producer CreateTime) minus the ``corepay-ingested-at`` stamp of the transaction.
 ``resolved_tps`` counts resolutions in the steady window, from the phase's first resolution to
 the end of producing (so the pipeline's fill time does not count against it). After producing,
 each phase waits up to ``drain`` seconds for its stragglers; those left are ``unresolved``.
+``over_100ms_by_second`` counts, per second of sending, the payments that took longer than
+100 ms: whether a tail is spread out or a few bad seconds.
 
 Run: ``.venv/bin/python -m benchmarks.kafka_pipeline --bootstrap "$(scripts/kafka start)"``
 (``--quick`` for 5 s phases, ``--json FILE`` to keep the figures).
@@ -598,6 +600,11 @@ def _percentile(ordered: list[float], q: float) -> float | None:
     return ordered[min(rank, len(ordered)) - 1]
 
 
+def _slow_seconds(entry: dict[str, Any]) -> str:
+    slow = entry["over_100ms_by_second"]
+    return " ".join(f"{second}s:{n}" for second, n in slow.items()) or "none"
+
+
 def _figures(phase: Phase, offered: float | None, elapsed: float, drain: float) -> dict[str, Any]:
     sent = len(phase.stamps)
     t_first, t_last_sent = phase.stamps[0], phase.stamps[-1]
@@ -616,6 +623,14 @@ def _figures(phase: Phase, offered: float | None, elapsed: float, drain: float) 
         resolved_tps = 0.0
     drain_s = max(resolved_at[-1] - max(produce_end, t_last_sent), 0.0) if resolved_at else None
 
+    # Whether a tail is spread out or a few bad seconds (a stall somewhere on the machine):
+    # per second of sending, how many payments took longer than 100 ms.
+    slow: Counter[int] = Counter(
+        int(phase.stamps[i] - t_first)
+        for i, ts in phase.resolved.items()
+        if i < sent and ts / 1000.0 - phase.stamps[i] > 0.1
+    )
+
     def ms(q: float) -> float | None:
         value = _percentile(latencies, q)
         return None if value is None else round(value * 1000.0, 1)
@@ -631,6 +646,7 @@ def _figures(phase: Phase, offered: float | None, elapsed: float, drain: float) 
             "max": round(latencies[-1] * 1000.0, 1) if latencies else None,
         },
         "unresolved": sent - len(phase.resolved),
+        "over_100ms_by_second": {str(second): n for second, n in sorted(slow.items())},
         "sent": sent,
         "resolved": len(phase.resolved),
         "produce_errors": phase.produce_errors,
@@ -828,6 +844,7 @@ def run(
                 f"  produced {entry['produced_tps']}/s, resolved {entry['resolved_tps']}/s, "
                 f"p99 {entry['latency_ms']['p99']} ms, unresolved {entry['unresolved']}"
             )
+            say(f"  over 100 ms, by second sent: {_slow_seconds(entry)}")
 
         probe_figures = None
         if probe_phase is not None:
