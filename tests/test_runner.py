@@ -497,6 +497,22 @@ def test_leaving_commits_what_was_handled() -> None:
     assert again.poll_once(0) == 0  # nothing handled is read a second time
 
 
+def _commits_sent(
+    monkeypatch: pytest.MonkeyPatch, service: ConsumerService, *, land: bool = True
+) -> list[object]:
+    """From now on, the arguments of every commit the service sends (``land``: passed on)."""
+    sent: list[object] = []
+    commit = service.consumer.commit
+
+    def recording(*args: object, **kwargs: object) -> None:
+        sent.append(args)
+        if land:
+            commit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service.consumer, "commit", recording)
+    return sent
+
+
 def test_an_idle_service_sends_no_commits(monkeypatch: pytest.MonkeyPatch) -> None:
     # The detector says what is safe to commit after every poll, an empty one too: offsets
     # that did not move since they were sent are not sent again.
@@ -504,11 +520,7 @@ def test_an_idle_service_sends_no_commits(monkeypatch: pytest.MonkeyPatch) -> No
     service = DetectorService(bus, DivergenceDetector(timeout=30), clock=_Clock())
     _publish(bus, "t1", Path.LIVE)
     service.poll_once(0)
-    sent: list[object] = []
-    commit = service.consumer.commit
-    monkeypatch.setattr(
-        service.consumer, "commit", lambda *a, **k: (sent.append(a), commit(*a, **k))
-    )
+    sent = _commits_sent(monkeypatch, service)
     for _ in range(3):
         service.poll_once(0)
     assert sent == []
@@ -520,17 +532,13 @@ def test_an_idle_service_sends_no_commits(monkeypatch: pytest.MonkeyPatch) -> No
     assert bus.committed(service.group) == both
 
 
-def test_an_idle_service_that_commits_all_it_polled_sends_no_commits(
+def test_an_idle_service_with_nothing_new_handled_sends_no_commits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     bus, service = _echo_on_one_partition(commit_interval=3600)
     bus.publish("in", "k", b"a")
     service.poll_once(0)
-    sent: list[object] = []
-    commit = service.consumer.commit
-    monkeypatch.setattr(
-        service.consumer, "commit", lambda *a, **k: (sent.append(a), commit(*a, **k))
-    )
+    sent = _commits_sent(monkeypatch, service)
     for _ in range(3):
         service.poll_once(0)
     assert sent == []
@@ -544,8 +552,7 @@ def test_offsets_are_sent_again_after_a_while_in_case_a_commit_did_not_land(
     bus, service = _echo_on_one_partition(commit_interval=3600)
     bus.publish("in", "k", b"a")
     service.poll_once(0)
-    sent: list[object] = []
-    monkeypatch.setattr(service.consumer, "commit", lambda *a, **k: sent.append(a))  # lost
+    sent = _commits_sent(monkeypatch, service, land=False)  # lost
     now[0] += service.recommit_after / 2
     service.poll_once(0)
     assert sent == []
