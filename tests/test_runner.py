@@ -21,7 +21,12 @@ from corepay.bus import (
     dead_letter_topic,
 )
 from corepay.divergence import DivergenceDetector
-from corepay.errors import ConfigurationError, RejectedError, UnavailableError
+from corepay.errors import (
+    CommitFailedError,
+    ConfigurationError,
+    RejectedError,
+    UnavailableError,
+)
 from corepay.models import Decision, Path
 from corepay.services.detector import DETECTOR_CHANGELOG, DetectorService
 from corepay.services.runner import ConsumerService, Handled
@@ -412,13 +417,33 @@ class _EchoRedeliveringAtMostFour(_Echo):
 def test_a_commit_goes_out_before_a_crash_could_redeliver_more_than_the_limit() -> None:
     bus = MemoryBus(partitions=1)
     service = _EchoRedeliveringAtMostFour(bus, commit_interval=3600, max_records=2)
-    for offset, committed in ((1, 1), (2, 1), (3, 1), (4, 4)):
+    # The first commit goes out without waiting, so it may not have landed: the one that
+    # keeps the bound waits, and comes as soon as 4 - 2 could be waiting for a commit.
+    for offset, committed in ((1, 1), (2, 1), (3, 3), (4, 3), (5, 3), (6, 6)):
         bus.publish("in", "k", b"x")
         assert service.poll_once(0) == 1
         # Never more than 4 - 2 waiting, so that a crash in the next batch of up to 2
         # redelivers at most 4.
         assert offset - bus.committed("echo")[("in", 0)] <= 2
         assert bus.committed("echo")[("in", 0)] == committed
+
+
+def test_the_redelivery_limit_holds_when_commits_sent_without_waiting_are_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus = MemoryBus(partitions=1)
+    service = _EchoRedeliveringAtMostFour(bus, commit_interval=0, max_records=2)
+    commit = service.consumer.commit
+
+    def only_waited_for_lands(offsets: Any = None, *, wait: bool = True) -> None:
+        if wait:
+            commit(offsets, wait=True)
+
+    monkeypatch.setattr(service.consumer, "commit", only_waited_for_lands)
+    for offset in range(1, 9):
+        bus.publish("in", "k", b"x")
+        assert service.poll_once(0) == 1
+        assert offset - bus.committed("echo").get(("in", 0), 0) <= 2
 
 
 class _Crash(BaseException):
@@ -475,6 +500,32 @@ def test_a_commit_goes_out_once_the_interval_has_passed(monkeypatch: pytest.Monk
         bus.publish("in", "k", value)
         service.poll_once(0)
         assert bus.committed("echo")[("in", 0)] == committed
+
+
+def test_without_a_redelivery_limit_a_batch_worth_waiting_is_committed() -> None:
+    bus, service = _echo_on_one_partition(commit_interval=3600, max_records=2)
+    for committed in (1, 1, 3, 3, 5):
+        bus.publish("in", "k", b"x")
+        service.poll_once(0)
+        assert bus.committed("echo")[("in", 0)] == committed
+
+
+def test_a_commit_that_failed_is_sent_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    bus, service = _echo_on_one_partition(commit_interval=0)
+    commit = service.consumer.commit
+    failures = [CommitFailedError("the group is rebalancing")]
+
+    def fails_once(*args: Any, **kwargs: Any) -> None:
+        if failures:
+            raise failures.pop()
+        commit(*args, **kwargs)
+
+    monkeypatch.setattr(service.consumer, "commit", fails_once)
+    bus.publish("in", "k", b"a")
+    service.poll_once(0)
+    assert bus.committed("echo") == {}
+    service.poll_once(0)  # nothing new: what failed goes out again
+    assert bus.committed("echo")[("in", 0)] == 1
 
 
 def test_with_no_interval_every_batch_is_committed() -> None:
@@ -573,6 +624,27 @@ class _EchoSaying(_Echo):
             **{m.topic_partition: m.offset + 1 for m in messages},
         }
         return Handled(handled.records, dict(self._done))
+
+
+def test_a_partition_lost_and_given_back_is_not_committed_back_to_what_this_member_had() -> None:
+    bus = MemoryBus(partitions=2)
+    service = _Echo(bus, commit_interval=3600)
+    for partition in (0, 1):
+        bus.publish("in", "k", b"first", partition=partition)
+    service.poll_once(0)
+    for partition in (0, 1):
+        bus.publish("in", "k", b"second", partition=partition)
+    service.poll_once(0)  # handled; its commit is spaced, so still 1 in both
+    other = _Echo(bus, commit_interval=0)  # joins and takes one partition
+    [(_, lost)] = other.consumer.assignment()
+    for value in (b"third", b"fourth"):
+        bus.publish("in", "k", value, partition=lost)
+    while other.poll_once(0):
+        pass
+    assert bus.committed("echo")[("in", lost)] == 4
+    other.close()  # leaves: the partition comes back
+    service.poll_once(0)
+    assert bus.committed("echo")[("in", lost)] == 4  # not moved back to the 2 handled here
 
 
 @pytest.mark.parametrize("echo", [_Echo, _EchoSaying])

@@ -131,6 +131,12 @@ class Consumer(ABC):
     def assignment(self) -> frozenset[TopicPartition]:
         """The partitions this member currently owns."""
 
+    def take_revoked(self) -> frozenset[TopicPartition]:
+        """The partitions taken from this member since the last call (by rebalances inside
+        :meth:`poll`), even those it was given back: what it handled of them and did not
+        commit is read again from the group's last commit. Default: none known."""
+        return frozenset()
+
     def lag(self) -> dict[TopicPartition, int] | None:
         """Messages waiting in each owned partition after this member's position.
 

@@ -34,9 +34,9 @@ class TwinPolicy:
     Attributes:
         history_size: recent transactions kept in the twin, newest by timestamp.
         dedup_window: ids of the most recently applied transactions kept to drop redeliveries.
-            Kafka redelivers what was handled since the last commit, and the twin service
-            commits before that could exceed this many outcomes, so it only needs to be at
-            least a poll batch.
+            Kafka redelivers what was handled since the last commit that landed, and the twin
+            service waits for a commit to land before that could exceed this many outcomes,
+            so it only needs to be at least a poll batch.
     """
 
     history_size: int = attrs.field(default=20, validator=attrs.validators.ge(1))

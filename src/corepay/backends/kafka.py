@@ -600,10 +600,12 @@ class KafkaConsumerMember(Consumer):
         self._polled: dict[TopicPartition, int] = {}
         # Offsets committed without waiting, per partition, that close() waits for.
         self._unsettled: dict[TopicPartition, int] = {}
+        self._revoked: set[TopicPartition] = set()
         self._settle_timeout_ms = int(config.get("bootstrap_timeout_ms", 10_000))
         self._closed = False
 
     def _forget(self, partitions: set[TopicPartition]) -> None:
+        self._revoked |= partitions
         for tp in partitions:
             self._polled.pop(tp, None)
             self._unsettled.pop(tp, None)
@@ -683,6 +685,10 @@ class KafkaConsumerMember(Consumer):
         return frozenset(
             TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()
         )
+
+    def take_revoked(self) -> frozenset[TopicPartition]:
+        revoked, self._revoked = frozenset(self._revoked), set()
+        return revoked
 
     def lag(self) -> dict[TopicPartition, int] | None:
         if self._closed:

@@ -231,6 +231,7 @@ class MemoryConsumer(Consumer):
         self.member_id = member_id
         self.topics = tuple(topics)
         self._positions: dict[TopicPartition, int] = {}
+        self._revoked: set[TopicPartition] = set()
         self._rotation = 0
         self._closed = False
 
@@ -238,6 +239,7 @@ class MemoryConsumer(Consumer):
         self, partitions: set[TopicPartition], committed: Mapping[TopicPartition, int]
     ) -> None:
         # Partitions kept stay at their position; newly owned ones start at the committed offset.
+        self._revoked |= self._positions.keys() - partitions
         self._positions = {
             tp: self._positions.get(tp, committed.get(tp, 0)) for tp in sorted(partitions)
         }
@@ -245,6 +247,11 @@ class MemoryConsumer(Consumer):
     def assignment(self) -> frozenset[TopicPartition]:
         with self._bus._lock:
             return frozenset(self._positions)
+
+    def take_revoked(self) -> frozenset[TopicPartition]:
+        with self._bus._lock:
+            revoked, self._revoked = frozenset(self._revoked), set()
+            return revoked
 
     def poll(self, max_records: int = 500, timeout: float = 1.0) -> list[Message]:
         if self._closed:

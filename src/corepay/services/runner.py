@@ -34,9 +34,9 @@ log = logging.getLogger(__name__)
 class Handled:
     """What handling a batch produced: messages to publish, and what may be committed.
 
-    ``commit`` is ``None`` to commit everything polled, or the offsets that are safe (a
-    service holding state for some messages commits only up to the oldest it still needs; it
-    gives them for every batch, an empty one too).
+    ``commit`` is ``None`` to commit past every message of the batch, or the offsets that are
+    safe (a service holding state for some messages commits only up to the oldest it still
+    needs; it gives them for every batch, an empty one too).
     ``then`` is published only once ``records`` are all on the bus: state changelog entries
     that must never claim an output that was not written.
     """
@@ -81,17 +81,19 @@ class ConsumerService(ABC):
 
     A batch is committed only after what it produced is on the bus, and commits are spaced:
     while busy, the offsets of the batches handled are sent every ``commit_interval`` seconds
-    (``0``: after every batch), or sooner when the next batch could take what a crash would
-    redeliver past :attr:`redelivery_limit`, and at once when a poll finds nothing new or the
-    service leaves. A commit is a request the broker writes to its log, and one per small
-    batch costs the broker and the client more than the batch's records do. A crash (or a
-    rebalance) redelivers what was handled since the last commit, which the services'
-    at-least-once handling allows for. Only what was handled is ever committed. If
-    handling or publishing
-    fails with a backend error (store or bus down), the same batch is retried with backoff
-    before anything new is polled, so nothing is skipped. A batch that keeps failing for any
-    other reason is handled one message at a time after ``max_attempts`` tries, and a message
-    that fails alone ``max_attempts`` times goes to the dead-letter topic, never dropped.
+    (``0``: after every batch) or once a batch's worth of messages waits, and at once when a
+    poll finds nothing new or the service leaves. A commit is a request the broker writes to
+    its log, and one per small batch costs the broker and the client more than the batch's
+    records do. Only what was handled is ever committed. A crash (or a rebalance) redelivers
+    what was handled since the last commit that landed, which the services' at-least-once
+    handling allows for; a service that must bound it sets :attr:`redelivery_limit`, and then
+    waits for a commit to land before the next batch could take it past the limit.
+
+    If handling or publishing fails with a backend error (store or bus down), the same batch
+    is retried with backoff before anything new is polled, so nothing is skipped. A batch that
+    keeps failing for any other reason is handled one message at a time after
+    ``max_attempts`` tries, and a message that fails alone ``max_attempts`` times goes to the
+    dead-letter topic, never dropped.
 
     Metrics (see :mod:`corepay.observability`), labelled with :attr:`service`: messages
     consumed, produced and dead-lettered per topic, the time to handle, publish and commit a
@@ -147,7 +149,7 @@ class ConsumerService(ABC):
         """Handle a batch (possibly empty: services with timers act on time passing)."""
 
     def safe_commit(self) -> Mapping[TopicPartition, int] | None:
-        """What may be committed when a batch is dead-lettered (``None``: all polled).
+        """What may be committed when a batch is dead-lettered (``None``: past all of it).
 
         Services that hold messages across batches override it with their safe offsets.
         """
@@ -169,6 +171,11 @@ class ConsumerService(ABC):
                 return 0
             self._count(MESSAGES_CONSUMED, (m.topic for m in messages))
             self._report_lag()
+            for tp in self.consumer.take_revoked():
+                # Read again from the group's last commit by whoever owns it now: what this
+                # member handled of it and did not commit is no longer its to commit.
+                self._safe.pop(tp, None)
+                self._sent.pop(tp, None)
         try:
             # A batch handled but not yet published is not handled again: handling changed
             # the service's state (a detector's pairs), so only the publish is retried.
@@ -226,11 +233,15 @@ class ConsumerService(ABC):
         self._handled_since_commit += len(messages)
         now = time.monotonic()
         limit = self.redelivery_limit
-        if (
+        if limit is not None and self._handled_since_commit + self.max_records > limit:
+            # A crash in the next batch would redeliver it too, after it was applied: this
+            # commit must have landed before that batch is read.
+            with self._timed("commit", True):
+                self._commit_handled(now, wait=True)
+        elif (
             not messages
             or now - self._last_commit >= self.commit_interval
-            # A crash in the next batch would redeliver it too, after it was applied.
-            or (limit is not None and self._handled_since_commit + self.max_records > limit)
+            or (limit is None and self._handled_since_commit >= self.max_records)
         ):
             with self._timed("commit", bool(messages)):
                 self._commit_handled(now)
@@ -323,30 +334,35 @@ class ConsumerService(ABC):
             "%s: %s; retrying %d messages in %.2f s", self.group, exc, len(messages), self._backoff
         )
 
-    def _commit_handled(self, now: float) -> None:
+    def _commit_handled(self, now: float, *, wait: bool = False) -> None:
         """Send the offsets safe to commit that moved since they were last sent (all of them
         again every :attr:`recommit_after` seconds), for the partitions still owned.
 
         A partition another member took over is left to it: it reads again from the group's
-        last commit, so what this member handled since goes through twice, never lost.
+        last commit, so what this member handled since goes through twice, never lost. What a
+        crash would redeliver counts as committed (for :attr:`redelivery_limit`) only once a
+        commit is known to have landed: one that waited, or, with no limit, one sent.
         """
-        self._last_commit, self._handled_since_commit = now, 0
+        self._last_commit = now
         owned = self.consumer.assignment()
         self._safe = {tp: offset for tp, offset in self._safe.items() if tp in owned}
-        if now - self._last_resend >= self.recommit_after:
+        self._sent = {tp: offset for tp, offset in self._sent.items() if tp in owned}
+        if wait or now - self._last_resend >= self.recommit_after:
             self._sent, self._last_resend = {}, now
         offsets = {tp: o for tp, o in self._safe.items() if self._sent.get(tp) != o}
-        if not offsets:
-            return
-        # A failed commit loses nothing: a later commit covers these offsets too, and at
-        # worst the group reads them again. So the next batch does not wait for the broker
-        # to store this one's offsets; closing the consumer does.
-        try:
-            self.consumer.commit(offsets, wait=False)
-        except (CommitFailedError, BackendError) as exc:
-            log.warning("%s: commit failed: %s", self.group, exc)
-            return
-        self._sent.update(offsets)
+        if offsets:
+            # A failed commit loses nothing: a later commit covers these offsets too, and at
+            # worst the group reads them again. So the next batch need not wait for the
+            # broker to store this one's offsets (unless a redelivery limit says so); closing
+            # the consumer waits.
+            try:
+                self.consumer.commit(offsets, wait=wait)
+            except (CommitFailedError, BackendError) as exc:
+                log.warning("%s: commit failed: %s", self.group, exc)
+                return
+            self._sent.update(offsets)
+        if wait or self.redelivery_limit is None:
+            self._handled_since_commit = 0
 
     def run(self, stop: threading.Event, *, timeout: float = 0.5) -> None:
         """Poll until ``stop`` is set, then commit what was handled and leave (a batch being
