@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import pytest
@@ -645,6 +645,96 @@ def test_a_partition_lost_and_given_back_is_not_committed_back_to_what_this_memb
     other.close()  # leaves: the partition comes back
     service.poll_once(0)
     assert bus.committed("echo")[("in", lost)] == 4  # not moved back to the 2 handled here
+    bus.publish("in", "k", b"fifth", partition=lost)
+    assert service.poll_once(0) == 1
+    service.close()
+    assert bus.committed("echo")[("in", lost)] == 5
+
+
+class _EchoRebalancedWhileHandling(_Echo):
+    """Runs ``meanwhile`` once, in the middle of handling a batch (another member's doing)."""
+
+    meanwhile: Callable[[], None] | None = None
+
+    def handle(self, messages: Sequence[Message]) -> Handled:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        return super().handle(messages)
+
+
+def test_a_partition_taken_and_given_back_during_a_batch_is_not_committed_backwards() -> None:
+    bus = MemoryBus(partitions=2)
+    service = _EchoRebalancedWhileHandling(bus, commit_interval=0)
+    for partition in (0, 1):
+        bus.publish("in", "k", b"first", partition=partition)
+    service.poll_once(0)
+    for partition in (0, 1):
+        bus.publish("in", "k", b"second", partition=partition)
+    taken: list[int] = []
+
+    def another_member_comes_and_goes() -> None:
+        other = _Echo(bus, commit_interval=0)
+        [(_, partition)] = other.consumer.assignment()
+        taken.append(partition)
+        for value in (b"third", b"fourth"):
+            bus.publish("in", "k", value, partition=partition)
+        while other.poll_once(0):
+            pass
+        other.close()
+
+    service.meanwhile = another_member_comes_and_goes
+    assert service.poll_once(0) == 2  # its commit comes after the other member's 4
+    assert bus.committed("echo")[("in", taken[0])] == 4
+
+
+def test_a_waited_commit_sends_every_offset_again_not_only_those_that_moved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus = MemoryBus(partitions=2)
+    service = _EchoRedeliveringAtMostFour(bus, commit_interval=0, max_records=2)
+    commit = service.consumer.commit
+
+    def only_waited_for_lands(offsets: Any = None, *, wait: bool = True) -> None:
+        if wait:
+            commit(offsets, wait=True)
+
+    monkeypatch.setattr(service.consumer, "commit", only_waited_for_lands)
+    for partition in (0, 1, 0):
+        bus.publish("in", "k", b"x", partition=partition)
+        assert service.poll_once(0) == 1
+    # The third batch brought 3 waiting: the commit that keeps the bound waited, and carried
+    # partition 1's offset too, although one was sent for it before (and lost).
+    assert bus.committed("echo") == {("in", 0): 2, ("in", 1): 1}
+
+
+def test_no_more_is_read_while_the_commit_that_keeps_the_limit_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus = MemoryBus(partitions=1)
+    service = _EchoRedeliveringAtMostFour(bus, commit_interval=3600, max_records=2)
+    commit = service.consumer.commit
+    down = [True]
+
+    def waited_ones_fail(offsets: Any = None, *, wait: bool = True) -> None:
+        if wait and down[0]:
+            raise UnavailableError("the group coordinator is not available")
+        commit(offsets, wait=wait)
+
+    monkeypatch.setattr(service.consumer, "commit", waited_ones_fail)
+    for _ in range(10):
+        bus.publish("in", "k", b"x")
+    for _ in range(5):
+        service.poll_once(0)
+    # Two batches read, then nothing: the first commit, sent without waiting, landed here,
+    # but the service cannot know that, and the one it waits for fails.
+    assert service.processed == 4
+    assert service.processed - bus.committed("echo")[("in", 0)] <= 4 - 2
+    down[0] = False
+    while service.poll_once(0):
+        pass
+    assert service.processed == 10
+    assert bus.committed("echo")[("in", 0)] == 10
 
 
 @pytest.mark.parametrize("echo", [_Echo, _EchoSaying])
@@ -675,3 +765,27 @@ def test_a_negative_commit_interval_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="commit_interval"):
         Settings(commit_interval=-0.5)
     assert Settings.from_env({"COREPAY_COMMIT_INTERVAL": "0"}).commit_interval == 0
+
+
+def test_a_kafka_member_reports_as_taken_only_partitions_not_assigned_back() -> None:
+    from kafka import TopicPartition as KafkaTopicPartition
+
+    from corepay.backends.kafka import KafkaConsumerMember, _Listener
+
+    member = KafkaConsumerMember.__new__(KafkaConsumerMember)  # no broker: the listener only
+    member._polled, member._unsettled = {}, {}
+    member._leaving, member._revoked = set(), set()
+    member.group = "echo"
+    listener = _Listener(member)
+    both = [KafkaTopicPartition("in", 0), KafkaTopicPartition("in", 1)]
+    # An eager rebalance revokes everything, then assigns; partition 0 keeps its position.
+    listener.on_partitions_revoked(both)
+    listener.on_partitions_assigned(both[:1])
+    assert member.take_revoked() == {("in", 1)}
+    assert member.take_revoked() == set()
+    listener.on_partitions_revoked(both[:1])
+    listener.on_partitions_assigned(both[:1])
+    assert member.take_revoked() == set()
+    listener.on_partitions_lost(both[:1])  # evicted: taken, whatever comes next
+    listener.on_partitions_assigned(both[:1])
+    assert member.take_revoked() == {("in", 0)}

@@ -132,9 +132,11 @@ class Consumer(ABC):
         """The partitions this member currently owns."""
 
     def take_revoked(self) -> frozenset[TopicPartition]:
-        """The partitions taken from this member since the last call (by rebalances inside
-        :meth:`poll`), even those it was given back: what it handled of them and did not
-        commit is read again from the group's last commit. Default: none known."""
+        """The partitions taken from this member since the last call, by rebalances inside
+        :meth:`poll`: those another member may have read since, including any given back to
+        it by a later rebalance (it reads them again from the group's last commit). One a
+        rebalance revokes and assigns straight back, keeping its position, is not among them.
+        Default: none known."""
         return frozenset()
 
     def lag(self) -> dict[TopicPartition, int] | None:

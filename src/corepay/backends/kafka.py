@@ -560,13 +560,21 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, member: KafkaConsumerMember) -> None:
         self.member = member
 
+    # Called inside poll(), between batches. With the default (eager) assignors every
+    # rebalance revokes every partition, then assigns; a partition assigned back keeps its
+    # position, so only those not assigned back are taken away from this member.
+
     def on_partitions_revoked(self, revoked: Any) -> None:
-        # Called inside poll(), between batches. What was handled and not committed yet (the
-        # services space their commits) is read again by whoever owns the partition next,
-        # this member too: at least once. All that is left is to forget what leaves.
-        self.member._forget({TopicPartition(tp.topic, tp.partition) for tp in revoked})
+        self.member._revoking({TopicPartition(tp.topic, tp.partition) for tp in revoked})
+
+    def on_partitions_lost(self, lost: Any) -> None:
+        # Evicted from the group: whatever it is given next, these were taken away.
+        partitions = {TopicPartition(tp.topic, tp.partition) for tp in lost}
+        self.member._revoking(partitions)
+        self.member._revoked |= partitions
 
     def on_partitions_assigned(self, assigned: Any) -> None:
+        self.member._assigned({TopicPartition(tp.topic, tp.partition) for tp in assigned})
         log.info(
             "%s assigned %s",
             self.member.group,
@@ -600,12 +608,21 @@ class KafkaConsumerMember(Consumer):
         self._polled: dict[TopicPartition, int] = {}
         # Offsets committed without waiting, per partition, that close() waits for.
         self._unsettled: dict[TopicPartition, int] = {}
+        # Revoked and not (yet) assigned back; taken away for good (see take_revoked).
+        self._leaving: set[TopicPartition] = set()
         self._revoked: set[TopicPartition] = set()
         self._settle_timeout_ms = int(config.get("bootstrap_timeout_ms", 10_000))
         self._closed = False
 
+    def _revoking(self, partitions: set[TopicPartition]) -> None:
+        self._leaving |= partitions
+        self._forget(partitions)
+
+    def _assigned(self, partitions: set[TopicPartition]) -> None:
+        self._revoked |= self._leaving - partitions
+        self._leaving = set()
+
     def _forget(self, partitions: set[TopicPartition]) -> None:
-        self._revoked |= partitions
         for tp in partitions:
             self._polled.pop(tp, None)
             self._unsettled.pop(tp, None)
@@ -644,7 +661,7 @@ class KafkaConsumerMember(Consumer):
         request = _kafka_offsets(wanted)
         try:
             if wait:
-                self._consumer.commit(request)
+                self._consumer.commit(request, timeout_ms=self._settle_timeout_ms)
             else:
                 # Sent in order on the coordinator's connection, so a later commit (or the
                 # one close() makes) is stored after it.

@@ -160,9 +160,20 @@ class ConsumerService(ABC):
 
         Never raises for a backend that is down: it logs, backs off, and the next call retries.
         """
+        limit = self.redelivery_limit
         if self._retrying:
             time.sleep(self._backoff)
             messages = self._inflight
+        elif (
+            limit is not None
+            and self._handled_since_commit + self.max_records > limit
+            and not self._commit_handled(time.monotonic(), wait=True)
+        ):
+            # The commit that keeps a crash within the limit did not land: read nothing more
+            # until it does.
+            self._backoff = min(max(self._backoff * 2, 0.05), 5.0)
+            time.sleep(self._backoff)
+            return 0
         else:
             try:
                 messages = self.consumer.poll(self.max_records, timeout)
@@ -171,11 +182,7 @@ class ConsumerService(ABC):
                 return 0
             self._count(MESSAGES_CONSUMED, (m.topic for m in messages))
             self._report_lag()
-            for tp in self.consumer.take_revoked():
-                # Read again from the group's last commit by whoever owns it now: what this
-                # member handled of it and did not commit is no longer its to commit.
-                self._safe.pop(tp, None)
-                self._sent.pop(tp, None)
+            self._drop_revoked()
         try:
             # A batch handled but not yet published is not handled again: handling changed
             # the service's state (a detector's pairs), so only the publish is retried.
@@ -232,7 +239,6 @@ class ConsumerService(ABC):
             self._safe.update((TopicPartition(*tp), offset) for tp, offset in last.items())
         self._handled_since_commit += len(messages)
         now = time.monotonic()
-        limit = self.redelivery_limit
         if limit is not None and self._handled_since_commit + self.max_records > limit:
             # A crash in the next batch would redeliver it too, after it was applied: this
             # commit must have landed before that batch is read.
@@ -334,9 +340,18 @@ class ConsumerService(ABC):
             "%s: %s; retrying %d messages in %.2f s", self.group, exc, len(messages), self._backoff
         )
 
-    def _commit_handled(self, now: float, *, wait: bool = False) -> None:
+    def _drop_revoked(self) -> None:
+        for tp in self.consumer.take_revoked():
+            # Read again from the group's last commit by whoever owns it now (this member
+            # too, if it was given back): what this member handled of it and did not commit
+            # is no longer its to commit.
+            self._safe.pop(tp, None)
+            self._sent.pop(tp, None)
+
+    def _commit_handled(self, now: float, *, wait: bool = False) -> bool:
         """Send the offsets safe to commit that moved since they were last sent (all of them
-        again every :attr:`recommit_after` seconds), for the partitions still owned.
+        again every :attr:`recommit_after` seconds, or when waiting), for the partitions still
+        owned. Returns whether the commit was sent (and, with ``wait``, stored).
 
         A partition another member took over is left to it: it reads again from the group's
         last commit, so what this member handled since goes through twice, never lost. What a
@@ -344,6 +359,7 @@ class ConsumerService(ABC):
         commit is known to have landed: one that waited, or, with no limit, one sent.
         """
         self._last_commit = now
+        self._drop_revoked()
         owned = self.consumer.assignment()
         self._safe = {tp: offset for tp, offset in self._safe.items() if tp in owned}
         self._sent = {tp: offset for tp, offset in self._sent.items() if tp in owned}
@@ -359,10 +375,11 @@ class ConsumerService(ABC):
                 self.consumer.commit(offsets, wait=wait)
             except (CommitFailedError, BackendError) as exc:
                 log.warning("%s: commit failed: %s", self.group, exc)
-                return
+                return False
             self._sent.update(offsets)
         if wait or self.redelivery_limit is None:
             self._handled_since_commit = 0
+        return True
 
     def run(self, stop: threading.Event, *, timeout: float = 0.5) -> None:
         """Poll until ``stop`` is set, then commit what was handled and leave (a batch being
