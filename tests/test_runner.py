@@ -428,11 +428,9 @@ def test_a_commit_goes_out_before_a_crash_could_redeliver_more_than_the_limit() 
         assert bus.committed("echo")[("in", 0)] == committed
 
 
-def test_the_redelivery_limit_holds_when_commits_sent_without_waiting_are_lost(
-    monkeypatch: pytest.MonkeyPatch,
+def _lose_commits_sent_without_waiting(
+    monkeypatch: pytest.MonkeyPatch, service: ConsumerService
 ) -> None:
-    bus = MemoryBus(partitions=1)
-    service = _EchoRedeliveringAtMostFour(bus, commit_interval=0, max_records=2)
     commit = service.consumer.commit
 
     def only_waited_for_lands(offsets: Any = None, *, wait: bool = True) -> None:
@@ -440,6 +438,14 @@ def test_the_redelivery_limit_holds_when_commits_sent_without_waiting_are_lost(
             commit(offsets, wait=True)
 
     monkeypatch.setattr(service.consumer, "commit", only_waited_for_lands)
+
+
+def test_the_redelivery_limit_holds_when_commits_sent_without_waiting_are_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus = MemoryBus(partitions=1)
+    service = _EchoRedeliveringAtMostFour(bus, commit_interval=0, max_records=2)
+    _lose_commits_sent_without_waiting(monkeypatch, service)
     for offset in range(1, 9):
         bus.publish("in", "k", b"x")
         assert service.poll_once(0) == 1
@@ -612,6 +618,16 @@ def test_offsets_are_sent_again_after_a_while_in_case_a_commit_did_not_land(
     assert sent == [({("in", 0): 1},)]
 
 
+def _first_handled_then_second_published(bus: MemoryBus, service: ConsumerService) -> None:
+    """On both partitions, "first" published and handled (so committed: the first commit
+    goes out at once), then "second" published."""
+    for partition in (0, 1):
+        bus.publish("in", "k", b"first", partition=partition)
+    service.poll_once(0)
+    for partition in (0, 1):
+        bus.publish("in", "k", b"second", partition=partition)
+
+
 class _EchoSaying(_Echo):
     """An echo that says which offsets are safe, as services holding messages do."""
 
@@ -629,11 +645,7 @@ class _EchoSaying(_Echo):
 def test_a_partition_lost_and_given_back_is_not_committed_back_to_what_this_member_had() -> None:
     bus = MemoryBus(partitions=2)
     service = _Echo(bus, commit_interval=3600)
-    for partition in (0, 1):
-        bus.publish("in", "k", b"first", partition=partition)
-    service.poll_once(0)
-    for partition in (0, 1):
-        bus.publish("in", "k", b"second", partition=partition)
+    _first_handled_then_second_published(bus, service)
     service.poll_once(0)  # handled; its commit is spaced, so still 1 in both
     other = _Echo(bus, commit_interval=0)  # joins and takes one partition
     [(_, lost)] = other.consumer.assignment()
@@ -666,11 +678,7 @@ class _EchoRebalancedWhileHandling(_Echo):
 def test_a_partition_taken_and_given_back_during_a_batch_is_not_committed_backwards() -> None:
     bus = MemoryBus(partitions=2)
     service = _EchoRebalancedWhileHandling(bus, commit_interval=0)
-    for partition in (0, 1):
-        bus.publish("in", "k", b"first", partition=partition)
-    service.poll_once(0)
-    for partition in (0, 1):
-        bus.publish("in", "k", b"second", partition=partition)
+    _first_handled_then_second_published(bus, service)
     taken: list[int] = []
 
     def another_member_comes_and_goes() -> None:
@@ -693,13 +701,7 @@ def test_a_waited_commit_sends_every_offset_again_not_only_those_that_moved(
 ) -> None:
     bus = MemoryBus(partitions=2)
     service = _EchoRedeliveringAtMostFour(bus, commit_interval=0, max_records=2)
-    commit = service.consumer.commit
-
-    def only_waited_for_lands(offsets: Any = None, *, wait: bool = True) -> None:
-        if wait:
-            commit(offsets, wait=True)
-
-    monkeypatch.setattr(service.consumer, "commit", only_waited_for_lands)
+    _lose_commits_sent_without_waiting(monkeypatch, service)
     for partition in (0, 1, 0):
         bus.publish("in", "k", b"x", partition=partition)
         assert service.poll_once(0) == 1
@@ -743,11 +745,7 @@ def test_a_spaced_commit_after_a_rebalance_commits_the_partitions_still_owned(
 ) -> None:
     bus = MemoryBus(partitions=2)
     service = echo(bus, commit_interval=3600)
-    for partition in (0, 1):
-        bus.publish("in", "k", b"first", partition=partition)
-    service.poll_once(0)  # committed at once: both partitions at 1
-    for partition in (0, 1):
-        bus.publish("in", "k", b"second", partition=partition)
+    _first_handled_then_second_published(bus, service)  # first: committed at once
     assert service.poll_once(0) == 2  # handled, commit spaced
     other = bus.consumer("echo", ("in",))  # joins: each member now owns one partition
     [(_, kept)] = service.consumer.assignment()
