@@ -569,9 +569,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_lost(self, lost: Any) -> None:
         # Evicted from the group: whatever it is given next, these were taken away.
-        partitions = {TopicPartition(tp.topic, tp.partition) for tp in lost}
-        self.member._revoking(partitions)
-        self.member._revoked |= partitions
+        self.member._lost({TopicPartition(tp.topic, tp.partition) for tp in lost})
 
     def on_partitions_assigned(self, assigned: Any) -> None:
         self.member._assigned({TopicPartition(tp.topic, tp.partition) for tp in assigned})
@@ -617,6 +615,10 @@ class KafkaConsumerMember(Consumer):
     def _revoking(self, partitions: set[TopicPartition]) -> None:
         self._leaving |= partitions
         self._forget(partitions)
+
+    def _lost(self, partitions: set[TopicPartition]) -> None:
+        self._revoking(partitions)
+        self._revoked |= partitions
 
     def _assigned(self, partitions: set[TopicPartition]) -> None:
         self._revoked |= self._leaving - partitions

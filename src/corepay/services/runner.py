@@ -171,8 +171,7 @@ class ConsumerService(ABC):
         ):
             # The commit that keeps a crash within the limit did not land: read nothing more
             # until it does.
-            self._backoff = min(max(self._backoff * 2, 0.05), 5.0)
-            time.sleep(self._backoff)
+            time.sleep(self._longer_backoff())
             return 0
         else:
             try:
@@ -333,12 +332,16 @@ class ConsumerService(ABC):
 
     def _retry_later(self, messages: list[Message], exc: Exception, repoll: bool = False) -> None:
         self._inflight, self._retrying = messages, not repoll
-        self._backoff = min(max(self._backoff * 2, 0.05), 5.0)
+        self._longer_backoff()
         if repoll:
             time.sleep(self._backoff)
         log.warning(
             "%s: %s; retrying %d messages in %.2f s", self.group, exc, len(messages), self._backoff
         )
+
+    def _longer_backoff(self) -> float:
+        self._backoff = min(max(self._backoff * 2, 0.05), 5.0)
+        return self._backoff
 
     def _drop_revoked(self) -> None:
         for tp in self.consumer.take_revoked():
