@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -16,7 +18,7 @@ from hypothesis import strategies as st
 import strategies as cst
 from corepay import wire
 from corepay.errors import DecodeError, ValidationError
-from corepay.models import Path
+from corepay.models import Decision, Outcome, Path, Timings
 from corepay.wire import (
     MAX_AMOUNT,
     TRANSACTION_FIELDS,
@@ -646,3 +648,88 @@ def test_the_transactions_kept_for_reuse_are_bounded() -> None:
     for i in range(wire._KNOWN_TRANSACTIONS_MAX + 10):
         parse_transaction(_own(transaction_id=f"txn-bound-{i}"))
     assert 0 < len(wire._KNOWN_TRANSACTIONS) <= wire._KNOWN_TRANSACTIONS_MAX
+
+
+# --- outcomes handed on within one process ---------------------------------------------------
+
+
+def _validated(outcome: Any) -> Any:
+    """``outcome`` with its transaction as validation in this process builds it."""
+    return attrs.evolve(
+        outcome, transaction=parse_transaction(wire.transaction_to_wire(outcome.transaction))
+    )
+
+
+@given(st.lists(cst.outcomes(), min_size=1, max_size=4))
+def test_outcomes_encoded_for_this_process_decode_as_themselves(outcomes: list[Any]) -> None:
+    outcomes = [_validated(o) for o in outcomes]
+
+    values = encode_outcomes(outcomes, in_process=True)
+
+    assert values == encode_outcomes(outcomes)  # the same bytes either way
+    for outcome, value in zip(outcomes, values, strict=True):
+        assert decode_outcome(value) is outcome
+        assert decode_outcome(value.decode()) == outcome  # as decoding it would have built it
+
+
+@given(cst.outcomes())
+def test_outcomes_encoded_for_other_processes_are_decoded_anew(outcome: Any) -> None:
+    outcome = _validated(outcome)
+    (value,) = encode_outcomes([outcome])
+
+    decoded = decode_outcome(value)
+
+    assert decoded == outcome and decoded is not outcome
+
+
+def test_only_outcomes_that_decode_equal_are_handed_on() -> None:
+    txn = parse_transaction(VALID)
+    good = Outcome(
+        transaction=txn,
+        path=Path.LIVE,
+        decision=Decision.APPROVE,
+        score=0.25,
+        reasons=(),
+        model_version="m1",
+        timings=Timings(decided_at=datetime(2026, 11, 25, tzinfo=UTC), elapsed_ms=1.0),
+    )
+    unvalidated = attrs.evolve(good, transaction=attrs.evolve(txn, amount=Decimal("0")))
+    not_a_number = attrs.evolve(good, score=math.nan)
+    endless = attrs.evolve(good, timings=attrs.evolve(good.timings, elapsed_ms=math.inf))
+    slow_gateway = attrs.evolve(good, timings=attrs.evolve(good.timings, gateway_ms=math.inf))
+
+    values = encode_outcomes([good, unvalidated, not_a_number, endless], in_process=True)
+    (gateway_value,) = encode_outcomes([slow_gateway], in_process=True)
+
+    assert decode_outcome(values[0]) is good
+    with pytest.raises(DecodeError, match="amount"):  # as any reader of it would see it
+        decode_outcome(values[1])
+    assert decode_outcome(values[2]).score is None  # JSON has no NaN
+    with pytest.raises(DecodeError):
+        decode_outcome(values[3])
+    assert decode_outcome(gateway_value).timings.gateway_ms is None
+
+
+def test_the_outcomes_handed_on_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wire, "_HANDED_ON", wire._HandedOn(8))
+    txn = parse_transaction(VALID)
+    outcomes = [
+        Outcome(
+            transaction=txn,
+            path=Path.LIVE,
+            decision=Decision.APPROVE,
+            score=None,
+            reasons=(),
+            model_version=f"m{i}",
+            timings=Timings(decided_at=datetime(2026, 11, 25, tzinfo=UTC), elapsed_ms=1.0),
+        )
+        for i in range(19)
+    ]
+
+    values = encode_outcomes(outcomes, in_process=True)
+
+    # Two generations of 8: the first 8 were let go, the next 8 are the older generation.
+    assert len(wire._HANDED_ON) == 11
+    handed_on = [decode_outcome(v) is o for o, v in zip(outcomes, values, strict=True)]
+    assert handed_on == [False] * 8 + [True] * 11
+    assert [decode_outcome(v) for v in values] == outcomes  # let go: decoded as any other

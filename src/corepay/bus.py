@@ -167,6 +167,11 @@ class Consumer(ABC):
 class Bus(ABC):
     """A partitioned, keyed message bus (Kafka, or its in-memory equivalent)."""
 
+    #: Whether every consumer of this bus is in this process and reads the very values
+    #: published (the memory bus): a service may then hand on what it encoded, so that the
+    #: next one does not decode it again (see :func:`corepay.wire.encode_outcomes`).
+    in_process: bool = False
+
     @abstractmethod
     def publish(
         self,

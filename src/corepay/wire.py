@@ -8,6 +8,7 @@ strings, times as RFC 3339 with an offset.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -255,7 +256,9 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
     txn = Transaction(tid, cid, value, currency, mid, mcc, country, channel, moment)
     if len(_KNOWN_TRANSACTIONS) >= _KNOWN_TRANSACTIONS_MAX:
         _KNOWN_TRANSACTIONS.clear()  # simpler than LRU; the next payments refill it
+        _VALIDATED.clear()
     _KNOWN_TRANSACTIONS[key] = txn
+    _VALIDATED[id(txn)] = txn
     return txn
 
 
@@ -263,6 +266,8 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
 #: every service (in one process) or both outcomes of it meet the detector soon after.
 _KNOWN_TRANSACTIONS: dict[tuple[str, ...], Transaction] = {}
 _KNOWN_TRANSACTIONS_MAX = 8192
+#: The same transactions by identity (held, so that an id is not reused meanwhile).
+_VALIDATED: dict[int, Transaction] = {}
 
 
 def _identifier(value: Any) -> str:
@@ -494,11 +499,67 @@ def encode_outcome(outcome: Outcome) -> bytes:
     return encode_outcomes((outcome,))[0]
 
 
-def encode_outcomes(outcomes: Iterable[Outcome]) -> list[bytes]:
+def encode_outcomes(outcomes: Iterable[Outcome], *, in_process: bool = False) -> list[bytes]:
     """:func:`encode_outcome` of each; a transaction several of them share is encoded once (the
-    engine's live and simulation outcomes of a batch share every transaction)."""
+    engine's live and simulation outcomes of a batch share every transaction).
+
+    With ``in_process`` (the values are read in this process: a memory bus), decoding one of
+    these values here gives back the outcome itself rather than an equal copy, so a pipeline
+    in one process decodes no outcome it wrote. Only outcomes that decode equal to themselves
+    are handed on: their transaction one this process validated, their numbers finite.
+    """
     shared = _SharedTransactions()
-    return [encode_json(shared.document(o)) for o in outcomes]
+    if not in_process:
+        return [encode_json(shared.document(o)) for o in outcomes]
+    values = []
+    for outcome in outcomes:
+        value = encode_json(shared.document(outcome))
+        if _decodes_as_itself(outcome):
+            _HANDED_ON.keep(value, outcome)
+        values.append(value)
+    return values
+
+
+def _decodes_as_itself(outcome: Outcome) -> bool:
+    # Everything else an outcome holds round-trips exactly (the wire tests check it); a
+    # transaction is only known valid when the fast path built it, and JSON has no NaN.
+    timings = outcome.timings
+    txn = outcome.transaction
+    return (
+        _VALIDATED.get(id(txn)) is txn
+        and (outcome.score is None or math.isfinite(outcome.score))
+        and math.isfinite(timings.elapsed_ms)
+        and (timings.gateway_ms is None or math.isfinite(timings.gateway_ms))
+    )
+
+
+class _HandedOn:
+    """Outcomes encoded for readers in this process, by their encoded value. Bounded: two
+    generations of ``size``; a value whose outcome was let go is decoded as any other."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.active = False
+        self._current: dict[bytes, Outcome] = {}
+        self._previous: dict[bytes, Outcome] = {}
+
+    def keep(self, value: bytes, outcome: Outcome) -> None:
+        if len(self._current) >= self.size:
+            self._previous, self._current = self._current, {}
+        self._current[value] = outcome
+        self.active = True
+
+    def get(self, value: bytes) -> Outcome | None:
+        kept = self._current.get(value)
+        return kept if kept is not None else self._previous.get(value)
+
+    def __len__(self) -> int:
+        return len(self._current) + len(self._previous)
+
+
+#: Each batch the engine decides puts two outcomes a payment here; the twin service and the
+#: detector read them back within the same round of the pipeline.
+_HANDED_ON = _HandedOn(8192)
 
 
 def encode_alert(alert: DivergenceAlert) -> bytes:
@@ -627,6 +688,10 @@ def decode_outcome(data: bytes | str | Mapping[str, Any]) -> Outcome:
     Raises:
         DecodeError: not an outcome in this wire format.
     """
+    if _HANDED_ON.active and type(data) is bytes:
+        kept = _HANDED_ON.get(data)
+        if kept is not None:
+            return kept
     return _decoding("outcome", _outcome_from, data)  # type: ignore[no-any-return]
 
 

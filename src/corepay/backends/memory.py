@@ -41,6 +41,8 @@ class _Group:
 class MemoryBus(Bus):
     """A partitioned in-process bus with Kafka's consumer-group semantics."""
 
+    in_process = True
+
     def __init__(self, partitions: int = 4) -> None:
         if partitions < 1:
             raise ConfigurationError("partitions must be at least 1")

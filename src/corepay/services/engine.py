@@ -58,7 +58,8 @@ class EngineService(ConsumerService):
         live, simulation = self.engine.decide(txns, stamps)
         outcomes = [*live, *simulation]
         topics = [LIVE_OUTCOME] * len(live) + [SIMULATION_OUTCOME] * len(simulation)
-        for topic, outcome, value in zip(topics, outcomes, encode_outcomes(outcomes), strict=True):
+        values = encode_outcomes(outcomes, in_process=self.bus.in_process)
+        for topic, outcome, value in zip(topics, outcomes, values, strict=True):
             records.append(Record(topic, outcome.customer_id, value))
         return Handled(records)
 
