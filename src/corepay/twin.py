@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import decimal
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 import attrs
 
@@ -60,13 +60,6 @@ def live_decision(txn: Transaction, decision: Decision, model_version: str) -> O
 _history_key = operator.attrgetter("timestamp", "transaction_id")
 
 
-def _counted(counts: Mapping[str, int] | None, keys: Iterable[str]) -> dict[str, int]:
-    out = dict(counts) if counts else {}
-    for key in keys:
-        out[key] = out.get(key, 0) + 1
-    return out
-
-
 def apply_outcomes(
     twin: Twin | None, outcomes: Iterable[Outcome], policy: TwinPolicy = TwinPolicy()
 ) -> Twin | None:
@@ -107,51 +100,80 @@ def apply_outcome(twin: Twin | None, outcome: Outcome, policy: TwinPolicy = Twin
 
 
 def _merge(twin: Twin | None, fresh: list[Outcome], policy: TwinPolicy) -> Twin:
-    txns = [o.transaction for o in fresh]
-    decisions = [o.decision for o in fresh]
-    amounts = [t.amount for t in txns]
-    entries = [
-        HistoryEntry(
-            transaction_id=t.transaction_id,
-            timestamp=t.timestamp,
-            amount=t.amount,
-            merchant_id=t.merchant_id,
-            country=t.country,
-            channel=t.channel,
-            decision=o.decision,
+    # One pass over the outcomes: this runs for every live outcome (and for the simulation
+    # path's fresher twins), so it keeps to plain loops over locals.
+    if twin is None:
+        version = count = approvals = declines = reviews = 0
+        amount_sum = amount_sumsq = _ZERO
+        merchants: dict[str, int] = {}
+        countries: dict[str, int] = {}
+        channels: dict[str, int] = {}
+        kept: tuple[HistoryEntry, ...] = ()
+        applied: tuple[str, ...] = ()
+    else:
+        version, count = twin.version, twin.count
+        approvals, declines, reviews = twin.approvals, twin.declines, twin.reviews
+        amount_sum, amount_sumsq = twin.amount_sum, twin.amount_sumsq
+        merchants, countries = dict(twin.merchants), dict(twin.countries)
+        channels = dict(twin.channels)
+        kept, applied = twin.history, twin.applied
+    add, multiply = _EXACT.add, _EXACT.multiply
+    entries = []
+    # min() and max() keep the first of equal values: so do these (a tie may differ in form,
+    # 1.0 and 1.00, or an instant in two offsets).
+    first = last = fresh[0].transaction.timestamp
+    low = high = fresh[0].transaction.amount
+    for outcome in fresh:
+        t = outcome.transaction
+        decision = outcome.decision
+        amount, stamp = t.amount, t.timestamp
+        entries.append(
+            HistoryEntry(
+                t.transaction_id, stamp, amount, t.merchant_id, t.country, t.channel, decision
+            )
         )
-        for o, t in zip(fresh, txns, strict=True)
-    ]
-    entries.sort(key=_history_key)
-    kept = twin.history if twin else ()
+        if stamp < first:
+            first = stamp
+        if stamp > last:
+            last = stamp
+        if amount < low:
+            low = amount
+        if amount > high:
+            high = amount
+        amount_sum = add(amount_sum, amount)
+        amount_sumsq = add(amount_sumsq, multiply(amount, amount))
+        if decision == Decision.APPROVE:
+            approvals += 1
+        elif decision == Decision.DECLINE:
+            declines += 1
+        elif decision == Decision.REVIEW:
+            reviews += 1
+        merchants[t.merchant_id] = merchants.get(t.merchant_id, 0) + 1
+        countries[t.country] = countries.get(t.country, 0) + 1
+        channels[t.channel] = channels.get(t.channel, 0) + 1
+    if len(entries) > 1:
+        entries.sort(key=_history_key)
     if kept and _history_key(entries[0]) < _history_key(kept[-1]):
         history = sorted([*kept, *entries], key=_history_key)
     else:  # the usual case, payments arriving in time order: no need to sort it all again
         history = [*kept, *entries]
-    applied = (*(twin.applied if twin else ()), *(o.transaction_id for o in fresh))
-    first = min(t.timestamp for t in txns)
-    last = max(t.timestamp for t in txns)
-    amount_sum = twin.amount_sum if twin else _ZERO
-    amount_sumsq = twin.amount_sumsq if twin else _ZERO
-    for a in amounts:
-        amount_sum = _EXACT.add(amount_sum, a)
-        amount_sumsq = _EXACT.add(amount_sumsq, _EXACT.multiply(a, a))
+    applied = (*applied, *(o.transaction_id for o in fresh))
     return Twin(
-        customer_id=fresh[0].customer_id,
-        version=(twin.version if twin else 0) + 1,
-        first_seen=min(first, twin.first_seen) if twin else first,
-        last_seen=max(last, twin.last_seen) if twin else last,
-        count=(twin.count if twin else 0) + len(fresh),
-        amount_sum=amount_sum,
-        amount_sumsq=amount_sumsq,
-        amount_min=min(amounts) if twin is None else min(twin.amount_min, *amounts),
-        amount_max=max(amounts) if twin is None else max(twin.amount_max, *amounts),
-        approvals=(twin.approvals if twin else 0) + decisions.count(Decision.APPROVE),
-        declines=(twin.declines if twin else 0) + decisions.count(Decision.DECLINE),
-        reviews=(twin.reviews if twin else 0) + decisions.count(Decision.REVIEW),
-        merchants=_counted(twin.merchants if twin else None, (t.merchant_id for t in txns)),
-        countries=_counted(twin.countries if twin else None, (t.country for t in txns)),
-        channels=_counted(twin.channels if twin else None, (t.channel for t in txns)),
-        history=tuple(history[-policy.history_size :]),
-        applied=applied[-policy.dedup_window :],
+        fresh[0].customer_id,
+        version + 1,
+        first if twin is None else min(first, twin.first_seen),
+        last if twin is None else max(last, twin.last_seen),
+        count + len(fresh),
+        amount_sum,
+        amount_sumsq,
+        low if twin is None else min(twin.amount_min, low),
+        high if twin is None else max(twin.amount_max, high),
+        approvals,
+        declines,
+        reviews,
+        merchants,
+        countries,
+        channels,
+        tuple(history[-policy.history_size :]),
+        applied[-policy.dedup_window :],
     )
