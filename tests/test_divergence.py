@@ -199,6 +199,20 @@ def test_lone_half_is_missing_after_the_timeout_and_not_before(
     assert detector.pending == 0
 
 
+def test_the_last_remember_resolved_transactions_are_remembered_and_no_more() -> None:
+    detector = DivergenceDetector(remember=3)
+    for i in range(4):
+        for path in Path:
+            detector.observe(_outcome(f"t{i}", "c", path, Decision.APPROVE), now=1.0)
+    detector.mark_resolved(["t4"])
+
+    # t0 and t1 were forgotten: a late copy of theirs waits for a partner again.
+    for i in range(5):
+        assert detector.observe(_outcome(f"t{i}", "c", Path.LIVE, Decision.APPROVE), now=2.0) == []
+    assert (detector.pending, detector.duplicates) == (2, 3)
+    assert not detector.is_pending("t2") and detector.is_pending("t1")
+
+
 @given(
     st.lists(cst.transactions(), min_size=1, max_size=20, unique_by=lambda t: t.transaction_id),
     st.integers(1, 8),

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 import attrs
 
 from corepay.models import AlertKind, DivergenceAlert, Outcome, Path
+from corepay.recent import Recent
 
 __all__ = ["DivergenceDetector", "Pairing", "alert_id_for", "classify"]
 
@@ -88,7 +89,7 @@ class DivergenceDetector:
         self.max_pending = max_pending
         self.remember = remember
         self._pending: dict[str, tuple[Outcome, float]] = {}
-        self._resolved: dict[str, None] = {}
+        self._resolved: Recent[str, None] = Recent(remember)
         self.duplicates = 0
         self.evicted = 0
 
@@ -107,8 +108,6 @@ class DivergenceDetector:
         for tid in transaction_ids:
             self._pending.pop(tid, None)
             self._resolved[tid] = None
-        while len(self._resolved) > self.remember:
-            del self._resolved[next(iter(self._resolved))]
 
     def forget(self, transaction_ids: Iterable[str]) -> None:
         """Drop these half-pairs unresolved (their partition moved to another detector)."""
@@ -151,11 +150,11 @@ class DivergenceDetector:
     def expire(self, now: float) -> list[Pairing]:
         """Resolve, as missing, every half-pair that waited ``timeout`` seconds or more."""
         expired = []
-        for tid, (_, since) in list(self._pending.items()):
+        for tid, (_, since) in self._pending.items():
             if now - since < self.timeout:
                 break  # insertion order is arrival order, so the rest are younger
-            expired.append(self._resolve_missing(tid, now))
-        return expired
+            expired.append(tid)
+        return [self._resolve_missing(tid, now) for tid in expired]
 
     def _resolve_missing(self, tid: str, now: float) -> Pairing:
         outcome, _ = self._pending.pop(tid)
@@ -174,8 +173,6 @@ class DivergenceDetector:
         now: float,
     ) -> Pairing:
         self._resolved[tid] = None
-        if len(self._resolved) > self.remember:
-            del self._resolved[next(iter(self._resolved))]
         return Pairing(tid, live, simulation, alert, now)
 
     def _alert(

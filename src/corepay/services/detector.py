@@ -24,6 +24,7 @@ from corepay.bus import (
 from corepay.divergence import DivergenceDetector, Pairing
 from corepay.errors import DecodeError
 from corepay.observability import DIVERGENCES
+from corepay.recent import Recent
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.wire import decode_outcome, encode_alert, encode_json
 
@@ -73,6 +74,8 @@ class DetectorService(ConsumerService):
         **kwargs: object,
     ) -> None:
         super().__init__(bus, **kwargs)  # type: ignore[arg-type]
+        if link_window < 1:
+            raise ValueError(f"link_window must be at least 1, got {link_window}")
         self.detector = detector
         self.on_pairing = on_pairing
         self.clock = clock
@@ -86,7 +89,7 @@ class DetectorService(ConsumerService):
         # redelivered copy read later is tied to them (re-read together, or not at all). As
         # plain (topic, partition, offset) tuples, which the garbage collector stops tracking:
         # a full window of TopicPartition pairs is half a million objects to scan each time.
-        self._resolved_at: dict[str, tuple[tuple[str, int, int], ...]] = {}
+        self._resolved_at: Recent[str, tuple[tuple[str, int, int], ...]] = Recent(link_window)
         self.link_window = link_window
         self._tid_at: dict[tuple[TopicPartition, int], str] = {}
         self._last_cut: dict[TopicPartition, int] = {}
@@ -216,8 +219,6 @@ class DetectorService(ConsumerService):
 
     def _remember(self, tid: str, where: tuple[tuple[TopicPartition, int], ...]) -> None:
         self._resolved_at[tid] = tuple((tp.topic, tp.partition, offset) for tp, offset in where)
-        if len(self._resolved_at) > self.link_window:
-            del self._resolved_at[next(iter(self._resolved_at))]
 
     def _release(
         self,

@@ -1,0 +1,49 @@
+"""The bounded memory of recent keys the detector keeps resolved transactions in."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corepay.recent import Recent
+
+
+@given(
+    st.integers(1, 6),
+    st.lists(st.tuples(st.integers(0, 12), st.integers()), max_size=60),
+)
+def test_recent_keeps_the_keys_first_set_most_recently(
+    size: int, writes: list[tuple[int, int]]
+) -> None:
+    # The model: a dict in insertion order, cut to its newest ``size`` keys after each write.
+    model: dict[int, int] = {}
+    recent: Recent[int, int] = Recent(size)
+    for key, value in writes:
+        model[key] = value
+        while len(model) > size:
+            del model[next(iter(model))]
+        recent[key] = value
+
+        assert list(recent) == list(model)
+        assert len(recent) == len(model)
+        assert {k: recent[k] for k in recent} == model
+        assert all((k in recent) == (k in model) for k in range(13))
+        assert all(recent.get(k) == model.get(k) for k in range(13))
+        assert recent.get(99, "none") == "none"
+
+
+def test_setting_a_key_again_does_not_renew_it() -> None:
+    recent: Recent[str, int] = Recent(2)
+    recent["a"], recent["b"] = 1, 2
+    recent["a"] = 3  # still the oldest
+    recent["c"] = 4
+
+    assert list(recent) == ["b", "c"] and "a" not in recent
+    with pytest.raises(KeyError):
+        recent["a"]
+
+
+def test_a_recent_memory_holds_at_least_one_key() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Recent(0)
