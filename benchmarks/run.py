@@ -56,7 +56,8 @@ from corepay.divergence import DivergenceDetector
 from corepay.features import FEATURES, feature_matrix
 from corepay.gateway import SimulatedGateway
 from corepay.heap import fewer_full_collections
-from corepay.models import Decision
+from corepay.models import Decision, Outcome, Timings
+from corepay.models import Path as OutcomePath
 from corepay.scoring import DecisionPolicy
 from corepay.training import default_model
 from corepay.twin import apply_outcome, live_decision
@@ -327,6 +328,39 @@ def memory(customers: int, per_customer: int, pending: int) -> dict[str, Any]:
     }
 
 
+def detector_long_run(window: int, chunk: int = 50_000) -> dict[str, Any]:
+    """The detector's time per pair while its memory of resolved ids fills (``remember``) and
+    after it has turned over three times: a long-running detector must not slow down."""
+    txn = parse_transaction(_requests(1, 1)[0])
+    timings = Timings(decided_at=txn.timestamp, elapsed_ms=1.0)
+    detector = DivergenceDetector(remember=window)
+    per_pair: list[float] = []
+    done = 0
+    while done < 4 * window:
+        pairs = []
+        for i in range(done, done + chunk):
+            t = attrs.evolve(txn, transaction_id=f"long-{i:09d}")
+            pairs.append(
+                [
+                    Outcome(t, path, Decision.APPROVE, 0.1, (), "bench", timings)
+                    for path in (OutcomePath.LIVE, OutcomePath.SIMULATION)
+                ]
+            )
+        started = time.perf_counter()
+        for live, simulation in pairs:
+            detector.observe(live, 1.0)
+            detector.observe(simulation, 1.0)
+        per_pair.append((time.perf_counter() - started) / chunk * 1e6)
+        done += chunk
+    filling = per_pair[: max(1, window // chunk)]
+    return {
+        "window": window,
+        "pairs": done,
+        "us_per_pair_filling": round(sum(filling) / len(filling), 2),
+        "us_per_pair_last": round(per_pair[-1], 2),
+    }
+
+
 # --- 5. twin reads ------------------------------------------------------------------------------
 
 
@@ -466,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     results["memory"] = memory(
         2000 if args.quick else 10_000, 20, 20_000 if args.quick else 100_000
     )
+    results["detector_long_run"] = detector_long_run(20_000 if args.quick else 100_000)
     results["twin_reads"] = twin_reads(100, (20, 1200), 20 if args.quick else 60)
     if args.kafka:
         results["baseline_kafka"] = baseline_kafka(args.kafka, 20_000 if args.quick else 100_000)
@@ -514,6 +549,13 @@ def _table(r: dict[str, Any]) -> str:
         f"{m['bytes_per_pending_transaction']:,} B per pending transaction in the detector "
         f"({m['detector_pending']:,} pending)"
     )
+    d = r.get("detector_long_run")
+    if d:
+        lines.append(
+            f"detector over a long run: {d['us_per_pair_filling']:.1f} us per pair while it "
+            f"fills its memory of {d['window']:,} resolved ids, {d['us_per_pair_last']:.1f} us "
+            f"after {d['pairs']:,} pairs"
+        )
     for t in r.get("twin_reads", ()):
         whole, asked = t["whole"], t["asked"]
         lines.append(
