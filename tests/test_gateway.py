@@ -9,6 +9,7 @@ import socketserver
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,7 +25,13 @@ from corepay.errors import (
     RejectedError,
     UnavailableError,
 )
-from corepay.gateway import GatewayResponse, PaymentGateway, SimulatedGateway, open_gateway
+from corepay.gateway import (
+    GatewayResponse,
+    PaymentGateway,
+    SimulatedGateway,
+    open_gateway,
+    uniforms,
+)
 from corepay.http_gateway import CircuitBreaker, CircuitState, HttpGateway
 from corepay.models import Transaction
 from corepay.services.gateway_api import create_gateway_app
@@ -180,6 +187,28 @@ def test_answers_over_http_match_the_simulated_gateway_approvals_and_declines() 
     assert (True, "APPROVED") in direct
     assert (False, "INSUFFICIENT_FUNDS") in direct
     assert answer.latency_ms > 0
+
+
+def test_a_simulated_outage_is_a_whole_minute_drawn_from_the_seed_whatever_came_before() -> None:
+    def at(n: int, minute: int) -> Transaction:
+        stamp = f"2026-11-24T{9 + minute // 60:02d}:{minute % 60:02d}:{n % 60:02d}+01:00"
+        return parse_transaction({**_request(n), "timestamp": stamp})
+
+    txns = [at(n, minute) for minute in range(120) for n in range(3)]
+    fresh = SimulatedGateway(5, outage_rate=0.5)
+    busy = SimulatedGateway(5, outage_rate=0.5)
+    later = datetime(2027, 1, 1, tzinfo=UTC)
+    for n in range(10_050):  # other minutes first, past what a gateway keeps of them
+        stamp = (later + timedelta(minutes=n)).isoformat()
+        _outcome(busy, parse_transaction({**_request(n), "timestamp": stamp}))
+
+    down = [_outcome(fresh, t) == ("UnavailableError",) for t in txns]
+
+    assert [_outcome(busy, t) == ("UnavailableError",) for t in reversed(txns)] == down[::-1]
+    minutes = [int(t.timestamp.timestamp() // 60) for t in txns]
+    assert down == [uniforms(5, f"outage:{m}", 1)[0] < 0.5 for m in minutes]
+    assert 20 < sum(down[::3]) < 100  # about half the minutes, each all down or all up
+    assert all(down[i] == down[i + 1] == down[i + 2] for i in range(0, len(down), 3))
 
 
 def test_simulated_outage_and_timeout_come_back_as_the_same_errors() -> None:

@@ -110,10 +110,21 @@ class SimulatedGateway(PaymentGateway):
         self.outage_rate = outage_rate
         self.realtime = realtime
         self.blocking = realtime
+        # Whether each minute is an outage, as drawn (a batch's payments share a few minutes).
+        self._down: dict[int, bool] = {}
+
+    def _outage(self, minute: int) -> bool:
+        down = self._down.get(minute)
+        if down is None:
+            if len(self._down) >= 10_000:
+                self._down.clear()
+            down = self._down[minute] = (
+                uniforms(self.seed, f"outage:{minute}", 1)[0] < self.outage_rate
+            )
+        return down
 
     def authorize(self, txn: Transaction) -> GatewayResponse:
-        minute = int(txn.timestamp.timestamp() // 60)
-        if uniforms(self.seed, f"outage:{minute}", 1)[0] < self.outage_rate:
+        if self._outage(int(txn.timestamp.timestamp() // 60)):
             raise UnavailableError("payment gateway unavailable (simulated outage)")
         u_latency, u_tail, u_decline, u_code = uniforms(self.seed, txn.transaction_id)
         latency = self.median_latency_ms * math.exp(0.45 * _NORMAL.inv_cdf(u_latency))
