@@ -52,6 +52,10 @@ class Recent(Generic[K, V]):
     def __len__(self) -> int:
         return len(self._values)
 
+    def clear(self) -> None:
+        self._values.clear()
+        self._order.clear()
+
     def __iter__(self) -> Iterator[K]:
         """Oldest first."""
         return iter(self._order)

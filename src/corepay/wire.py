@@ -30,6 +30,7 @@ from corepay.models import (
     Transaction,
     Twin,
 )
+from corepay.recent import Recent
 
 __all__ = [
     "CHANNELS",
@@ -254,9 +255,6 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
     if not "1970" < stamp[:4] < "2999" and not _EARLIEST <= moment <= _LATEST:
         return None
     txn = Transaction(tid, cid, value, currency, mid, mcc, country, channel, moment)
-    if len(_KNOWN_TRANSACTIONS) >= _KNOWN_TRANSACTIONS_MAX:
-        _KNOWN_TRANSACTIONS.clear()  # simpler than LRU; the next payments refill it
-        _VALIDATED.clear()
     _KNOWN_TRANSACTIONS[key] = txn
     _VALIDATED[id(txn)] = txn
     return txn
@@ -264,10 +262,10 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
 
 #: Transactions :func:`_well_formed` built, by the text of their fields; a transaction meets
 #: every service (in one process) or both outcomes of it meet the detector soon after.
-_KNOWN_TRANSACTIONS: dict[tuple[str, ...], Transaction] = {}
 _KNOWN_TRANSACTIONS_MAX = 8192
+_KNOWN_TRANSACTIONS: Recent[tuple[str, ...], Transaction] = Recent(_KNOWN_TRANSACTIONS_MAX)
 #: The same transactions by identity (held, so that an id is not reused meanwhile).
-_VALIDATED: dict[int, Transaction] = {}
+_VALIDATED: Recent[int, Transaction] = Recent(_KNOWN_TRANSACTIONS_MAX)
 
 
 def _identifier(value: Any) -> str:
@@ -515,7 +513,7 @@ def encode_outcomes(outcomes: Iterable[Outcome], *, in_process: bool = False) ->
     for outcome in outcomes:
         value = encode_json(shared.document(outcome))
         if _decodes_as_itself(outcome):
-            _HANDED_ON.keep(value, outcome)
+            _HANDED_ON[value] = outcome
         values.append(value)
     return values
 
@@ -533,33 +531,11 @@ def _decodes_as_itself(outcome: Outcome) -> bool:
     )
 
 
-class _HandedOn:
-    """Outcomes encoded for readers in this process, by their encoded value. Bounded: two
-    generations of ``size``; a value whose outcome was let go is decoded as any other."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.active = False
-        self._current: dict[bytes, Outcome] = {}
-        self._previous: dict[bytes, Outcome] = {}
-
-    def keep(self, value: bytes, outcome: Outcome) -> None:
-        if len(self._current) >= self.size:
-            self._previous, self._current = self._current, {}
-        self._current[value] = outcome
-        self.active = True
-
-    def get(self, value: bytes) -> Outcome | None:
-        kept = self._current.get(value)
-        return kept if kept is not None else self._previous.get(value)
-
-    def __len__(self) -> int:
-        return len(self._current) + len(self._previous)
-
-
-#: Each batch the engine decides puts two outcomes a payment here; the twin service and the
-#: detector read them back within the same round of the pipeline.
-_HANDED_ON = _HandedOn(8192)
+#: Outcomes encoded for readers in this process, by their encoded value. The engine puts two
+#: outcomes a payment here; the twin service and the detector read them back within the
+#: same round of the pipeline. Let go one at a time, oldest first, so that no batch frees a
+#: whole table of them at once.
+_HANDED_ON: Recent[bytes, Outcome] = Recent(16_384)
 
 
 def encode_alert(alert: DivergenceAlert) -> bytes:
@@ -688,7 +664,7 @@ def decode_outcome(data: bytes | str | Mapping[str, Any]) -> Outcome:
     Raises:
         DecodeError: not an outcome in this wire format.
     """
-    if _HANDED_ON.active and type(data) is bytes:
+    if type(data) is bytes and len(_HANDED_ON):
         kept = _HANDED_ON.get(data)
         if kept is not None:
             return kept
