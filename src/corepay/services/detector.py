@@ -123,7 +123,7 @@ class DetectorService(ConsumerService):
                 )
                 if held is not None and pairing.transaction_id == tid:
                     self._pairs.append((*held, *here))
-                    self._remember(tid, (held, here))
+                    self._remember(tid, held, here)
             if not pairings and tid in self._resolved_at:
                 # A copy of a resolved transaction: were it re-read alone after a restart, it
                 # would wait for a partner that is not coming and raise a false MISSING_*. Tie
@@ -217,8 +217,14 @@ class DetectorService(ConsumerService):
             if o.transaction_id not in self._held_at
         )
 
-    def _remember(self, tid: str, where: tuple[tuple[TopicPartition, int], ...]) -> None:
-        self._resolved_at[tid] = tuple((tp.topic, tp.partition, offset) for tp, offset in where)
+    def _remember(
+        self, tid: str, held: tuple[TopicPartition, int], here: tuple[TopicPartition, int]
+    ) -> None:
+        (first, at), (second, then) = held, here
+        self._resolved_at[tid] = (
+            (first.topic, first.partition, at),
+            (second.topic, second.partition, then),
+        )
 
     def _release(
         self,
