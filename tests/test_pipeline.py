@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -133,17 +134,18 @@ class _ElsewhereBus(MemoryBus):
     in_process = False
 
 
-def test_in_one_process_outcomes_are_handed_on_with_the_same_results_as_decoding_them(
+def test_in_one_process_messages_are_handed_on_with_the_same_results_as_decoding_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    decoded: list[object] = []
-    build = wire._outcome_from
-    monkeypatch.setattr(wire, "_outcome_from", lambda d: decoded.append(d) or build(d))
+    calls: Counter[str] = Counter()
+    for name in ("_outcome_from", "_message_json", "transaction_to_wire"):
+        original = getattr(wire, name)
+        monkeypatch.setattr(wire, name, _counting(calls, name, original))
     results = []
     for bus in (MemoryBus(), _ElsewhereBus()):
-        wire._KNOWN_TRANSACTIONS.clear()  # none of them let go during the run
-        wire._VALIDATED.clear()
-        decoded.clear()
+        for kept in (wire._KNOWN_TRANSACTIONS, wire._VALIDATED, wire._HANDED_ON):
+            kept.clear()  # nothing from the run before, nothing let go during this one
+        calls.clear()
         store, pairings = MemoryTwinStore(), []
         with Pipeline(bus, store, seed=5, on_pairing=pairings.append, clock=lambda: 1.8e9) as p:
             _run(p, 1200, customers=40)
@@ -152,17 +154,31 @@ def test_in_one_process_outcomes_are_handed_on_with_the_same_results_as_decoding
                 sorted((x.transaction_id, x.alert and x.alert.kind) for x in pairings),
                 {t.customer_id: t for t in store},
                 p.decisions,
-                len(decoded),
+                dict(calls),
             )
         )
     (handed_on, *same), (elsewhere, *again) = results
 
     assert same[:-1] == again[:-1] and len(handed_on) == len(elsewhere) == 1200
     assert any(kind for _, kind in handed_on)
-    # Over the memory bus the twin service and the detector decoded none of the outcomes; over
-    # the other, all three reads of every payment's outcomes were decoded (and more: the twin
-    # service, starting on a store that does not outlive it, replays live_outcome once).
-    assert same[-1] == 0 and again[-1] >= 3 * 1200
+    # Over the memory bus each transaction was encoded once, at ingestion, and nothing was
+    # decoded. Over the other, the engine decoded every transaction and encoded it again into
+    # its outcomes, and the detector into its alerts; all three reads of every payment's
+    # outcomes were decoded (and more: the twin service, starting on a store that does not
+    # outlive it, replays live_outcome).
+    alerts = sum(1 for _, kind in elsewhere if kind)
+    assert same[-1] == {"transaction_to_wire": 1200}
+    assert again[-1]["_message_json"] == 1200
+    assert again[-1]["transaction_to_wire"] == 2 * 1200 + alerts
+    assert again[-1]["_outcome_from"] >= 3 * 1200
+
+
+def _counting(calls: Counter[str], name: str, function: Any) -> Any:
+    def counted(*args: Any) -> Any:
+        calls[name] += 1
+        return function(*args)
+
+    return counted
 
 
 class _DownGateway(PaymentGateway):

@@ -735,3 +735,32 @@ def test_the_outcomes_handed_on_are_bounded(monkeypatch: pytest.MonkeyPatch) -> 
     handed_on = [decode_outcome(v) is o for o, v in zip(outcomes, values, strict=True)]
     assert handed_on == [False] * 11 + [True] * 8
     assert [decode_outcome(v) for v in values] == outcomes  # let go: decoded as any other
+
+
+@given(cst.outcomes())
+def test_a_transaction_encoded_for_this_process_decodes_as_itself_and_is_not_encoded_again(
+    outcome: Any,
+) -> None:
+    outcome = _validated(outcome)
+    txn = outcome.transaction
+
+    value = encode_transaction(txn, in_process=True)
+
+    assert value == encode_transaction(txn)
+    assert decode_transaction(value) is txn
+    with pytest.raises(DecodeError):  # a transaction is no outcome, handed on or not
+        decode_outcome(value)
+    (encoded,) = encode_outcomes([outcome], in_process=True)
+    assert encoded == compact(outcome_to_wire(outcome))  # its outcomes embed the same bytes
+    with pytest.raises(DecodeError):  # and an outcome is no transaction
+        decode_transaction(encoded)
+
+
+def test_a_transaction_not_validated_here_is_not_handed_on() -> None:
+    txn = parse_transaction(VALID)
+    unchecked = attrs.evolve(txn, transaction_id="txn-unchecked")
+
+    value = encode_transaction(unchecked, in_process=True)
+
+    decoded = decode_transaction(value)
+    assert decoded == unchecked and decoded is not unchecked

@@ -56,7 +56,13 @@ class Ingestor:
         now = datetime.fromtimestamp(self.clock(), UTC)
         stamp = {INGESTED_AT_HEADER: now.isoformat()}
         deliveries = self.bus.publish_many(
-            Record(RAW_TRANSACTIONS, t.customer_id, encode_transaction(t), stamp) for t in txns
+            Record(
+                RAW_TRANSACTIONS,
+                t.customer_id,
+                encode_transaction(t, in_process=self.bus.in_process),
+                stamp,
+            )
+            for t in txns
         )
         return [Accepted(t, d, now) for t, d in zip(txns, deliveries, strict=True)]
 
@@ -66,7 +72,7 @@ class Ingestor:
         delivery = self.bus.publish(
             RAW_TRANSACTIONS,
             txn.customer_id,
-            encode_transaction(txn),
+            encode_transaction(txn, in_process=self.bus.in_process),
             {INGESTED_AT_HEADER: now.isoformat()},
         )
         return Accepted(txn, delivery, now)

@@ -256,7 +256,7 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
         return None
     txn = Transaction(tid, cid, value, currency, mid, mcc, country, channel, moment)
     _KNOWN_TRANSACTIONS[key] = txn
-    _VALIDATED[id(txn)] = txn
+    _VALIDATED[id(txn)] = (txn, None)
     return txn
 
 
@@ -264,8 +264,9 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
 #: every service (in one process) or both outcomes of it meet the detector soon after.
 _KNOWN_TRANSACTIONS_MAX = 8192
 _KNOWN_TRANSACTIONS: Recent[tuple[str, ...], Transaction] = Recent(_KNOWN_TRANSACTIONS_MAX)
-#: The same transactions by identity (held, so that an id is not reused meanwhile).
-_VALIDATED: Recent[int, Transaction] = Recent(_KNOWN_TRANSACTIONS_MAX)
+#: The same transactions by identity (held, so that an id is not reused meanwhile), with
+#: their value when :func:`encode_transaction` encoded them for a reader in this process.
+_VALIDATED: Recent[int, tuple[Transaction, bytes | None]] = Recent(_KNOWN_TRANSACTIONS_MAX)
 
 
 def _identifier(value: Any) -> str:
@@ -489,8 +490,18 @@ def _twin_document(
     }
 
 
-def encode_transaction(txn: Transaction) -> bytes:
-    return encode_json(transaction_to_wire(txn))
+def encode_transaction(txn: Transaction, *, in_process: bool = False) -> bytes:
+    """The ``raw_transactions`` value of ``txn``.
+
+    With ``in_process`` (as for :func:`encode_outcomes`), decoding the value in this process
+    gives back ``txn`` itself, and outcomes of ``txn`` encoded here embed these very bytes
+    instead of encoding it again. Only a transaction this process validated is handed on.
+    """
+    value = encode_json(transaction_to_wire(txn))
+    if in_process and _validated(txn):
+        _HANDED_ON[value] = txn
+        _VALIDATED[id(txn)] = (txn, value)
+    return value
 
 
 def encode_outcome(outcome: Outcome) -> bytes:
@@ -524,7 +535,7 @@ def _decodes_as_itself(outcome: Outcome) -> bool:
     timings = outcome.timings
     txn = outcome.transaction
     return (
-        _VALIDATED.get(id(txn)) is txn
+        _validated(txn)
         and (outcome.score is None or math.isfinite(outcome.score))
         and math.isfinite(timings.elapsed_ms)
         and (timings.gateway_ms is None or math.isfinite(timings.gateway_ms))
@@ -535,7 +546,12 @@ def _decodes_as_itself(outcome: Outcome) -> bool:
 #: outcomes a payment here; the twin service and the detector read them back within the
 #: same round of the pipeline. Let go one at a time, oldest first, so that no batch frees a
 #: whole table of them at once.
-_HANDED_ON: Recent[bytes, Outcome] = Recent(16_384)
+_HANDED_ON: Recent[bytes, Outcome | Transaction] = Recent(16_384)
+
+
+def _validated(txn: Transaction) -> bool:
+    known = _VALIDATED.get(id(txn))
+    return known is not None and known[0] is txn
 
 
 def encode_alert(alert: DivergenceAlert) -> bytes:
@@ -552,7 +568,12 @@ class _SharedTransactions:
     def encoded(self, txn: Transaction) -> orjson.Fragment:
         done = self._done.get(id(txn))
         if done is None:
-            done = self._done[id(txn)] = (txn, orjson.Fragment(encode_transaction(txn)))
+            known = _VALIDATED.get(id(txn))
+            if known is not None and known[0] is txn and known[1] is not None:
+                value = known[1]  # encoded already, for a reader in this process
+            else:
+                value = encode_transaction(txn)
+            done = self._done[id(txn)] = (txn, orjson.Fragment(value))
         return done[1]
 
     def document(self, outcome: Outcome) -> dict[str, Any]:
@@ -622,6 +643,10 @@ def decode_transaction(data: bytes | str) -> Transaction:
     Raises:
         DecodeError: not JSON, or not a valid transaction (the message lists the fields).
     """
+    if type(data) is bytes and len(_HANDED_ON):
+        kept = _HANDED_ON.get(data)
+        if isinstance(kept, Transaction):
+            return kept
     try:
         return parse_transaction(_message_json(data))
     except ValidationError as exc:
@@ -666,7 +691,7 @@ def decode_outcome(data: bytes | str | Mapping[str, Any]) -> Outcome:
     """
     if type(data) is bytes and len(_HANDED_ON):
         kept = _HANDED_ON.get(data)
-        if kept is not None:
+        if isinstance(kept, Outcome):
             return kept
     return _decoding("outcome", _outcome_from, data)  # type: ignore[no-any-return]
 
