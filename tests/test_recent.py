@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -47,3 +50,31 @@ def test_setting_a_key_again_does_not_renew_it() -> None:
 def test_a_recent_memory_holds_at_least_one_key() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Recent(0)
+
+
+def test_threads_setting_the_same_keys_keep_it_bounded_and_consistent() -> None:
+    recent: Recent[int, int] = Recent(64)
+    errors: list[BaseException] = []
+
+    def write(seed: int) -> None:
+        try:
+            for i in range(30_000):
+                recent[i % 200] = seed  # as two readers of one message set the same keys
+        except BaseException as exc:  # any failure of a writer is the finding
+            errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+    try:
+        threads = [threading.Thread(target=write, args=(seed,)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+
+    assert errors == []
+    assert len(recent) == len(list(recent)) == 64
+    for i in range(200 - 64, 200):  # the last 64 set are the ones kept
+        assert i in recent
