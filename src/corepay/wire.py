@@ -530,16 +530,39 @@ def encode_outcomes(outcomes: Iterable[Outcome], *, in_process: bool = False) ->
 
 
 def _decodes_as_itself(outcome: Outcome) -> bool:
-    # Everything else an outcome holds round-trips exactly (the wire tests check it); a
-    # transaction is only known valid when the fast path built it, and JSON has no NaN.
+    """Whether decoding ``outcome``'s value gives an outcome equal to it, field by field and
+    type by type: what the engine decides does; one built by hand need not."""
     timings = outcome.timings
-    txn = outcome.transaction
     return (
-        _validated(txn)
-        and (outcome.score is None or math.isfinite(outcome.score))
+        type(outcome) is Outcome
+        and _validated(outcome.transaction)
+        and type(outcome.path) is Path
+        and type(outcome.decision) is Decision
+        and _plain_number(outcome.score)
+        and type(outcome.reasons) is tuple
+        and all(type(r) is str for r in outcome.reasons)
+        and type(outcome.model_version) is str
+        and (outcome.twin_version is None or type(outcome.twin_version) is int)
+        and (outcome.twin_lag is None or type(outcome.twin_lag) is int)
+        and (outcome.fresh_decision is None or type(outcome.fresh_decision) is Decision)
+        and (outcome.error is None or type(outcome.error) is str)
+        and type(timings) is Timings
+        and _plain_time(timings.decided_at)
+        and (timings.ingested_at is None or _plain_time(timings.ingested_at))
+        and type(timings.elapsed_ms) is float
         and math.isfinite(timings.elapsed_ms)
-        and (timings.gateway_ms is None or math.isfinite(timings.gateway_ms))
+        and _plain_number(timings.gateway_ms)
     )
+
+
+def _plain_number(value: object) -> bool:
+    # JSON has no NaN or infinity (orjson writes null), and an int would come back a float.
+    return value is None or (type(value) is float and math.isfinite(value))
+
+
+def _plain_time(value: object) -> bool:
+    # Decoding gives UTC itself for +00:00; other zones come back as fixed offsets, rounded.
+    return type(value) is datetime and value.tzinfo is UTC and not value.fold
 
 
 #: Outcomes encoded for readers in this process, by their encoded value. The engine puts two
