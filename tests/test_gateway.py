@@ -211,6 +211,22 @@ def test_a_simulated_outage_is_a_whole_minute_drawn_from_the_seed_whatever_came_
     assert all(down[i] == down[i + 1] == down[i + 2] for i in range(0, len(down), 3))
 
 
+def test_a_simulated_gateway_follows_changes_to_its_seed_and_outage_rate() -> None:
+    txns = [_txn(n) for n in range(5)]  # all in one minute
+    gateway = SimulatedGateway(1, outage_rate=0.0)
+    assert {_outcome(gateway, t) for t in txns} != {("UnavailableError",)}
+
+    gateway.outage_rate = 1.0
+    assert {_outcome(gateway, t) for t in txns} == {("UnavailableError",)}
+    for seed in range(2, 40):  # some seed draws an outage for this minute at a rate of 0.2
+        gateway.seed, gateway.outage_rate = seed, 0.2
+        if _outcome(gateway, txns[0]) == ("UnavailableError",):
+            break
+    assert [_outcome(gateway, t) for t in txns] == [
+        _outcome(SimulatedGateway(gateway.seed, outage_rate=0.2), t) for t in txns
+    ]
+
+
 def test_simulated_outage_and_timeout_come_back_as_the_same_errors() -> None:
     down = create_gateway_app(SimulatedGateway(0, outage_rate=1.0))
     with (
@@ -565,7 +581,11 @@ def test_open_gateway_builds_a_simulated_gateway_from_its_options() -> None:
     assert (gateway.outage_rate, gateway.realtime) == (0.5, True)
     default = open_gateway("simulated://")
     assert isinstance(default, SimulatedGateway)
-    assert vars(default) == vars(SimulatedGateway())
+    assert _settings(default) == _settings(SimulatedGateway())
+
+
+def _settings(gateway: SimulatedGateway) -> dict[str, Any]:
+    return {k: v for k, v in vars(gateway).items() if not k.startswith("_")}
 
 
 def test_open_gateway_builds_an_http_gateway_without_its_options_in_the_url() -> None:

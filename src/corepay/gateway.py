@@ -37,6 +37,7 @@ from corepay.errors import (
     UnavailableError,
 )
 from corepay.models import Transaction
+from corepay.recent import Recent
 
 __all__ = ["GatewayResponse", "PaymentGateway", "SimulatedGateway", "open_gateway", "uniforms"]
 
@@ -110,18 +111,14 @@ class SimulatedGateway(PaymentGateway):
         self.outage_rate = outage_rate
         self.realtime = realtime
         self.blocking = realtime
-        # Whether each minute is an outage, as drawn (a batch's payments share a few minutes).
-        self._down: dict[int, bool] = {}
+        # Each minute's outage draw (a batch's payments share a few minutes), by seed.
+        self._draws: Recent[tuple[int, int], float] = Recent(10_000)
 
     def _outage(self, minute: int) -> bool:
-        down = self._down.get(minute)
-        if down is None:
-            if len(self._down) >= 10_000:
-                self._down.clear()
-            down = self._down[minute] = (
-                uniforms(self.seed, f"outage:{minute}", 1)[0] < self.outage_rate
-            )
-        return down
+        draw = self._draws.get((self.seed, minute))
+        if draw is None:
+            draw = self._draws[(self.seed, minute)] = uniforms(self.seed, f"outage:{minute}", 1)[0]
+        return draw < self.outage_rate
 
     def authorize(self, txn: Transaction) -> GatewayResponse:
         if self._outage(int(txn.timestamp.timestamp() // 60)):
