@@ -20,7 +20,8 @@ import strategies as cst
 from corepay.backends.memory import MemoryTwinStore
 from corepay.models import Decision, Outcome, Path, Timings, Transaction, Twin
 from corepay.services.twin import update_twin
-from corepay.twin import TwinPolicy, apply_outcome, apply_outcomes
+from corepay.twin import TwinPolicy, apply_outcome, apply_outcomes, live_decision
+from corepay.wire import parse_transaction
 
 STATS = (
     "customer_id",
@@ -302,3 +303,58 @@ def test_redelivered_batch_leaves_the_stored_twin_unchanged(
     assert (again, reordered) == (False, False)
     assert store.get(customer) == stored
     assert stats(stored) == stats(apply_one_by_one(unique, policy))
+
+
+def _paid(tid: str, amount: str, stamp: str) -> Outcome:
+    txn = parse_transaction(
+        {
+            "transaction_id": tid,
+            "customer_id": "c1",
+            "amount": amount,
+            "currency": "EUR",
+            "merchant_id": "m1",
+            "merchant_category": "5411",
+            "country": "DE",
+            "channel": "pos",
+            "timestamp": stamp,
+        }
+    )
+    return live_decision(txn, Decision.APPROVE, "m1")
+
+
+def test_of_equal_amounts_and_instants_the_first_written_is_kept() -> None:
+    # 1.0, 1.00 and 1 are equal amounts, and one instant may be written in several offsets:
+    # a twin's minimum and maximum, first and last seen keep the form first met, as min() and
+    # max() do, with the batch's own before the twin's.
+    twin = apply_outcomes(
+        None,
+        [
+            _paid("t1", "1.0", "2026-11-24T10:00:00+00:00"),
+            _paid("t2", "5.0", "2026-11-24T12:00:00Z"),
+        ],
+    )
+    batch = [
+        _paid("t3", "1.00", "2026-11-24T11:00:00+01:00"),
+        _paid("t4", "1", "2026-11-24T12:00:00+01:00"),
+        _paid("t5", "5", "2026-11-24T14:00:00+02:00"),
+        _paid("t6", "5.00", "2026-11-24T13:00:00+01:00"),
+        _paid("t7", "3", "2026-11-24T09:00:00-01:00"),
+    ]
+
+    def forms(t: Twin | None) -> list[str]:
+        assert t is not None
+        return [str(x) for x in (t.amount_min, t.amount_max, t.first_seen, t.last_seen)]
+
+    assert forms(twin) == ["1.0", "5.0", "2026-11-24 10:00:00+00:00", "2026-11-24 12:00:00+00:00"]
+    assert forms(apply_outcomes(twin, batch)) == [
+        "1.0",
+        "5.0",
+        "2026-11-24 11:00:00+01:00",
+        "2026-11-24 14:00:00+02:00",
+    ]
+    assert forms(apply_outcomes(None, batch)) == [
+        "1.00",
+        "5",
+        "2026-11-24 11:00:00+01:00",
+        "2026-11-24 14:00:00+02:00",
+    ]
