@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from corepay.bus import LIVE_OUTCOME, Bus, Message, Record
 from corepay.errors import BackendError, ConfigurationError, ConflictError, DecodeError
-from corepay.models import Outcome
+from corepay.models import Outcome, Path
 from corepay.observability import TWIN_UPDATE_CONFLICTS
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.store import TwinStore
@@ -144,7 +144,7 @@ class TwinService(ConsumerService):
         for message in messages:
             try:
                 outcome = decode_outcome(message.value)
-                if outcome.path.value != "live":
+                if outcome.path is not Path.LIVE:
                     raise DecodeError(f"a {outcome.path.value} outcome on {LIVE_OUTCOME}")
             except DecodeError as exc:
                 if dead_letters:  # (a replayed bad message was dead-lettered when first read)
@@ -153,7 +153,8 @@ class TwinService(ConsumerService):
             by_customer[outcome.customer_id].append(outcome)
         for customer_id, outcomes in by_customer.items():
             _, conflicts = update_twin(self.store, customer_id, outcomes, policy=self.policy)
-            self.conflicts += conflicts
-            TWIN_UPDATE_CONFLICTS.inc(conflicts)
+            if conflicts:
+                self.conflicts += conflicts
+                TWIN_UPDATE_CONFLICTS.inc(conflicts)
             self.customers.add(customer_id)
         return Handled(records)
