@@ -64,6 +64,51 @@ def test_a_path_that_crashes_still_yields_an_outcome_per_transaction_with_an_err
     assert [o.transaction_id for o in simulation] == [t.transaction_id for t in txns]
 
 
+class _Where(DecisionPath):
+    """A path that notes the thread it decides on, and waits on the network or not."""
+
+    model_version = "where-1"
+
+    def __init__(self, path: Path, blocking: bool, seen: dict[Path, str]) -> None:
+        self.path, self.blocking, self.seen = path, blocking, seen
+
+    def decide_batch(
+        self, txns: Sequence[Transaction], ingested: Sequence[datetime | None]
+    ) -> list[Outcome]:
+        self.seen[self.path] = threading.current_thread().name
+        return self.failed(txns, ingested, "NOT_DECIDED")
+
+
+@pytest.mark.parametrize(
+    ("live_blocks", "simulation_blocks", "live_on_its_own_thread"),
+    [(False, False, False), (True, False, True), (False, True, True), (True, True, True)],
+)
+def test_the_live_path_gets_a_thread_of_its_own_only_when_a_path_waits_on_the_network(
+    live_blocks: bool, simulation_blocks: bool, live_on_its_own_thread: bool
+) -> None:
+    seen: dict[Path, str] = {}
+    live = _Where(Path.LIVE, live_blocks, seen)
+    simulation = _Where(Path.SIMULATION, simulation_blocks, seen)
+    with Engine(live, simulation) as engine:
+        engine.decide(_txns(3))
+
+    here = threading.current_thread().name
+    assert seen[Path.SIMULATION] == here
+    assert (seen[Path.LIVE] != here) == live_on_its_own_thread
+    if live_on_its_own_thread:
+        assert seen[Path.LIVE].startswith("corepay-live")
+
+
+def test_paths_wait_on_the_network_when_their_gateway_or_twin_reads_do() -> None:
+    memory = StoreTwinClient(MemoryTwinStore())
+    assert not LivePath(SimulatedGateway(0)).blocking
+    assert LivePath(SimulatedGateway(0, realtime=True)).blocking
+    assert LivePath(HttpGateway("http://127.0.0.1:9")).blocking
+    assert not SimulationPath(memory).blocking
+    assert SimulationPath(HttpTwinClient("http://127.0.0.1:9")).blocking
+    assert SimulationPath(_DownTwins(UnavailableError("down"))).blocking  # assumed to wait
+
+
 class _DownTwins(TwinClient):
     def __init__(self, exc: Exception) -> None:
         self.exc = exc

@@ -20,10 +20,13 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    """Runs both paths on a batch at the same time; one failing never costs the other's outcome.
+    """Runs both paths on a batch; one failing never costs the other's outcome.
 
-    The live path runs on a worker thread while the simulation path runs on the caller's, so a
-    slow gateway and a slow twin read overlap. When a path raises on a batch, its transactions
+    When either path waits on the network (``DecisionPath.blocking``: a real gateway, twins
+    read over HTTP or from Couchbase), the live path runs on a worker thread while the
+    simulation path runs on the caller's, so a slow gateway and a slow twin read overlap.
+    Otherwise both run on the caller's thread, one after the other: the same outcomes without
+    handing the interpreter back and forth. When a path raises on a batch, its transactions
     are decided one by one, and the ones that still fail get an error outcome (decision
     ``REVIEW``, ``error`` set) instead of being lost.
 
@@ -48,6 +51,9 @@ class Engine:
             raise ValueError("ingested must have one entry per transaction")
         if not txns:
             return [], []
+        if not (self.live.blocking or self.simulation.blocking):
+            live_outcomes = self._decide_on(self.live, txns, stamps)
+            return live_outcomes, self._decide_on(self.simulation, txns, stamps)
         live = self._pool.submit(self._decide_on, self.live, txns, stamps)
         simulation = self._decide_on(self.simulation, txns, stamps)
         return live.result(), simulation

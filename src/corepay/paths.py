@@ -43,6 +43,10 @@ class DecisionPath:
 
     path: Path
     model_version: str
+    #: Whether deciding waits on the network (a gateway, twin reads): the engine overlaps
+    #: the two paths only then. Python runs one thread at a time, so paths that only compute
+    #: gain nothing from a thread of their own, and lose the hand-overs between them.
+    blocking = True
 
     def decide_batch(
         self, txns: Sequence[Transaction], ingested: Sequence[datetime | None]
@@ -125,6 +129,7 @@ class LivePath(DecisionPath):
         gateway_workers: int = 16,
     ) -> None:
         self.gateway = gateway
+        self.blocking = gateway.blocking
         self.model = _check_model(model or _default("live"), Path.LIVE)
         self.policy = policy or policy_for(self.model)
         self.clock = clock
@@ -224,6 +229,7 @@ class SimulationPath(DecisionPath):
         remember_customers: int = 20_000,
     ) -> None:
         self.twins = twins
+        self.blocking = twins.blocking
         self.model = _check_model(model or _default("simulation"), Path.SIMULATION)
         self.policy = policy or policy_for(self.model)
         self.clock = clock

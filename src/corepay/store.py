@@ -23,6 +23,8 @@ class TwinStore(ABC):
     #: Whether twins outlive the process. A twin service on a store that does not rebuilds
     #: its twins from ``live_outcome`` when it starts (twins are a replayable fold of it).
     durable = True
+    #: Whether reads wait on the network (the engine then overlaps its two paths).
+    blocking = True
 
     @abstractmethod
     def get(self, customer_id: str) -> Twin | None:

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 class TwinClient(ABC):
     """Reads the twins of a batch of customers."""
 
+    #: Whether reads wait on the network or a store that does (the engine then runs the
+    #: live path on a thread of its own, so that the two paths' waits overlap).
+    blocking = True
+
     @abstractmethod
     def get_many(self, customer_ids: Sequence[str]) -> dict[str, Twin]:
         """The twins that exist among ``customer_ids``.
@@ -56,6 +60,7 @@ class StoreTwinClient(TwinClient):
 
     def __init__(self, store: TwinStore) -> None:
         self.store = store
+        self.blocking = store.blocking
 
     def get_many(self, customer_ids: Sequence[str]) -> dict[str, Twin]:
         return self.store.get_many(customer_ids)

@@ -323,6 +323,7 @@ class MemoryTwinStore(TwinStore):
     """
 
     durable = False
+    blocking = False
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
