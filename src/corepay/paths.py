@@ -309,19 +309,23 @@ class SimulationPath(DecisionPath):
             else:
                 self._pending.move_to_end(cid)
             twin = twins.get(cid)
-            if cid not in applied:
-                applied[cid] = set() if twin is None else asked[cid].intersection(twin.applied)
-            shown = applied[cid]
-            pending[:] = [p for p in pending if p.transaction_id not in shown]
-            missing = [p for p in pending if p.transaction_id != txn.transaction_id]
+            shown = applied.get(cid)
+            if shown is None:
+                shown = applied[cid] = (
+                    set() if twin is None else asked[cid].intersection(twin.applied)
+                )
+                # What the twin shows is not missing from it any more. Once per customer and
+                # batch: a payment shown is never added below.
+                if shown:
+                    pending[:] = [p for p in pending if p.transaction_id not in shown]
+            tid = txn.transaction_id
+            missing = [p for p in pending if p.transaction_id != tid]
             lags.append(len(missing))
             if missing:
                 fresher[i] = apply_outcomes(
                     twin, [live_decision(p, Decision.APPROVE, "assumed") for p in missing]
                 )  # type: ignore[assignment]
-            if txn.transaction_id not in shown and all(
-                p.transaction_id != txn.transaction_id for p in pending
-            ):
+            if tid not in shown and len(missing) == len(pending):  # not pending already
                 pending.append(txn)
                 del pending[: -self.pending_per_customer]
         return lags, fresher
