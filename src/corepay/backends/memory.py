@@ -139,13 +139,7 @@ class MemoryBus(Bus):
             partition = partition_for(key, self.partitions)
         log = self._log(topic)[partition]
         message = Message(
-            topic=topic,
-            partition=partition,
-            offset=len(log),
-            key=key,
-            value=value,
-            headers=dict(headers or {}),
-            timestamp_ms=timestamp_ms,
+            topic, partition, len(log), key, value, dict(headers) if headers else {}, timestamp_ms
         )
         log.append(message)
         self._published[topic].append(message)

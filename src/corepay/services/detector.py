@@ -103,8 +103,10 @@ class DetectorService(ConsumerService):
         owned = self.consumer.assignment()
         self._forget(set(self._next) - owned)
         self._restore({tp.partition for tp in owned})
+        tp = TopicPartition("", -1)
         for message in messages:
-            tp = message.topic_partition
+            if message.partition != tp.partition or message.topic != tp.topic:
+                tp = message.topic_partition  # a batch comes in runs of one partition
             self._next[tp] = message.offset + 1
             try:
                 outcome = decode_outcome(message.value)
