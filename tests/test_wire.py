@@ -733,16 +733,8 @@ def test_outcomes_encoded_for_other_processes_are_decoded_anew(outcome: Any) -> 
 def test_an_outcome_that_would_not_decode_exactly_as_itself_is_decoded_as_any_other(
     change: dict[str, Any],
 ) -> None:
-    txn = parse_transaction(VALID)
-    outcome = Outcome(
-        transaction=txn,
-        path=Path.LIVE,
-        decision=Decision.APPROVE,
-        score=0.25,
-        reasons=(),
-        model_version="m1",
-        timings=Timings(decided_at=datetime(2026, 11, 25, tzinfo=UTC), elapsed_ms=1.0),
-    )
+    outcome = _plain_outcome()
+    txn = outcome.transaction
     fields = {k: v for k, v in change.items() if k not in ("timings", "transaction")}
     if "timings" in change:
         fields["timings"] = attrs.evolve(outcome.timings, **change["timings"])
@@ -767,12 +759,9 @@ def _decoded_or_error(value: bytes | str) -> Any:
         return f"DecodeError: {exc}"
 
 
-class _OwnOutcome(Outcome):
-    """An outcome of a subclass, as a library user might make one."""
-
-
-def test_an_outcome_of_a_subclass_is_decoded_as_any_other() -> None:
-    outcome = _OwnOutcome(
+def _plain_outcome(**changes: Any) -> Outcome:
+    """A live outcome of the VALID transaction that decodes exactly as itself."""
+    outcome = Outcome(
         transaction=parse_transaction(VALID),
         path=Path.LIVE,
         decision=Decision.APPROVE,
@@ -781,6 +770,15 @@ def test_an_outcome_of_a_subclass_is_decoded_as_any_other() -> None:
         model_version="m1",
         timings=Timings(decided_at=datetime(2026, 11, 25, tzinfo=UTC), elapsed_ms=1.0),
     )
+    return attrs.evolve(outcome, **changes)
+
+
+class _OwnOutcome(Outcome):
+    """An outcome of a subclass, as a library user might make one."""
+
+
+def test_an_outcome_of_a_subclass_is_decoded_as_any_other() -> None:
+    outcome = _OwnOutcome(**attrs.asdict(_plain_outcome(), recurse=False))
     (value,) = encode_outcomes([outcome], in_process=True)
 
     assert type(decode_outcome(value)) is Outcome
@@ -789,18 +787,7 @@ def test_an_outcome_of_a_subclass_is_decoded_as_any_other() -> None:
 def test_the_outcomes_handed_on_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(wire, "_HANDED_ON", Recent(8))
     txn = parse_transaction(VALID)
-    outcomes = [
-        Outcome(
-            transaction=txn,
-            path=Path.LIVE,
-            decision=Decision.APPROVE,
-            score=None,
-            reasons=(),
-            model_version=f"m{i}",
-            timings=Timings(decided_at=datetime(2026, 11, 25, tzinfo=UTC), elapsed_ms=1.0),
-        )
-        for i in range(19)
-    ]
+    outcomes = [_plain_outcome(transaction=txn, model_version=f"m{i}") for i in range(19)]
 
     values = encode_outcomes(outcomes, in_process=True)
 
