@@ -177,6 +177,12 @@ def test_consumer_lag_counts_what_waits_and_drops_to_zero_once_drained() -> None
     # A service that left its group no longer reports partitions it does not own.
     assert _lag("engine", RAW_TRANSACTIONS) == [None] * PARTITIONS
 
+    # One that joins again reports them again (the series it removed are not reused).
+    with Pipeline(MemoryBus(partitions=PARTITIONS), seed=1, batch_size=10) as pipeline:
+        pipeline.submit_many(_requests(30, customers=20))
+        pipeline.step()
+        assert sum(v or 0 for v in _lag("engine", RAW_TRANSACTIONS)) == 20
+
 
 def test_a_memory_consumer_reports_lag_per_owned_partition() -> None:
     bus = MemoryBus(partitions=2)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import threading
@@ -22,6 +21,8 @@ from corepay.observability import (
     DEAD_LETTERS,
     MESSAGES_CONSUMED,
     MESSAGES_PRODUCED,
+    forget_labelled,
+    labelled,
     timed,
 )
 
@@ -268,7 +269,7 @@ class ConsumerService(ABC):
 
     def _count(self, counter: prometheus_client.Counter, topics: Iterable[str]) -> None:
         for topic, n in Counter(topics).items():
-            counter.labels(service=self.service, topic=topic).inc(n)
+            labelled(counter, self.service, topic).inc(n)
 
     def _count_published(self, records: Sequence[Record]) -> None:
         self._count(MESSAGES_PRODUCED, (r.topic for r in records))
@@ -289,14 +290,11 @@ class ConsumerService(ABC):
         for tp in self._lag_reported - lag.keys():
             self._forget_lag(tp)  # a partition this member no longer owns
         for tp, waiting in lag.items():
-            CONSUMER_LAG.labels(
-                service=self.service, topic=tp.topic, partition=str(tp.partition)
-            ).set(waiting)
+            labelled(CONSUMER_LAG, self.service, tp.topic, str(tp.partition)).set(waiting)
         self._lag_reported = set(lag)
 
     def _forget_lag(self, tp: TopicPartition) -> None:
-        with contextlib.suppress(KeyError):
-            CONSUMER_LAG.remove(self.service, tp.topic, str(tp.partition))
+        forget_labelled(CONSUMER_LAG, self.service, tp.topic, str(tp.partition))
 
     def _isolate(self, messages: list[Message]) -> Handled:
         """Handle each message alone; one that keeps failing goes to the dead-letter topic."""
