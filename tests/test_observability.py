@@ -184,6 +184,27 @@ def test_consumer_lag_counts_what_waits_and_drops_to_zero_once_drained() -> None
         assert sum(v or 0 for v in _lag("engine", RAW_TRANSACTIONS)) == 20
 
 
+def test_a_busy_service_reports_its_lag_every_lag_interval_and_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with Pipeline(MemoryBus(partitions=PARTITIONS), seed=1, batch_size=10) as pipeline:
+        engine = pipeline.services[0]
+        engine.lag_interval = 3600.0
+        asked: list[int] = []
+        lag = engine.consumer.lag
+        monkeypatch.setattr(engine.consumer, "lag", lambda: asked.append(1) or lag())
+        pipeline.submit_many(_requests(50, customers=20))
+
+        for _ in range(5):  # busy: reported after the first batch only
+            assert engine.poll_once(timeout=0.0) == 10
+        assert len(asked) == 1
+        assert sum(v or 0 for v in _lag("engine", RAW_TRANSACTIONS)) == 40
+
+        assert engine.poll_once(timeout=0.0) == 0  # nothing new: reported at once
+        assert len(asked) == 2
+        assert _lag("engine", RAW_TRANSACTIONS) == [0.0] * PARTITIONS
+
+
 def test_a_memory_consumer_reports_lag_per_owned_partition() -> None:
     bus = MemoryBus(partitions=2)
     for i in range(7):

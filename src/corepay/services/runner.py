@@ -98,7 +98,8 @@ class ConsumerService(ABC):
 
     Metrics (see :mod:`corepay.observability`), labelled with :attr:`service`: messages
     consumed, produced and dead-lettered per topic, the time to handle, publish and commit a
-    batch, and the consumer lag per partition after each poll.
+    batch, and the consumer lag per partition: after a poll that finds nothing new, and while
+    busy at most every :attr:`lag_interval` seconds.
     """
 
     #: The consumer group; all instances of a service share it and split the partitions.
@@ -114,6 +115,9 @@ class ConsumerService(ABC):
     #: Seconds after which offsets that did not move are sent again, in case a commit sent
     #: without waiting did not land.
     recommit_after = 5.0
+    #: Seconds between two reports of the consumer lag while busy (scrapes come seconds
+    #: apart; a report per batch cost a lock and a gauge per partition every batch).
+    lag_interval = 1.0
 
     def __init__(
         self,
@@ -138,6 +142,7 @@ class ConsumerService(ABC):
         self._backoff = 0.0
         self.processed = 0
         self._lag_reported: set[TopicPartition] = set()
+        self._lag_reported_at = -math.inf
         # Per partition: the offset safe to commit (past what was handled, or what the service
         # said), and the offset last sent.
         self._safe: dict[TopicPartition, int] = {}
@@ -181,7 +186,10 @@ class ConsumerService(ABC):
                 self._retry_later([], exc, repoll=True)
                 return 0
             self._count(MESSAGES_CONSUMED, (m.topic for m in messages))
-            self._report_lag()
+            now = time.monotonic()
+            if not messages or now - self._lag_reported_at >= self.lag_interval:
+                self._lag_reported_at = now
+                self._report_lag()
             self._drop_revoked()
         try:
             # A batch handled but not yet published is not handled again: handling changed
