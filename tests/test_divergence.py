@@ -516,6 +516,53 @@ def test_a_detector_that_takes_over_reads_what_the_changelog_says_was_resolved(
     service.close()
 
 
+def test_a_partition_taken_and_given_back_between_two_polls_raises_no_false_missing() -> None:
+    bus, clock = MemoryBus(partitions=2), Clock()
+    customer = next(c for c in (f"cust-{i}" for i in range(100)) if partition_for(c, 2) == 1)
+    first = detector_service(bus, clock)
+    publish(bus, live("moved", customer, decision=Decision.DECLINE))
+    drain(first)
+    assert first.detector.is_pending("moved")
+
+    # While the first does not poll, a second detector takes partition 1 over, pairs both
+    # halves, commits and leaves: the partition comes back to the first.
+    publish(bus, simulation("moved", customer))
+    second = detector_service(bus, clock)
+    drain(second)
+    second.close()
+    clock.now += 60  # past the pairing timeout
+    drain(first)
+
+    assert [(a.transaction_id, a.kind) for a in published_alerts(bus)] == [
+        ("moved", AlertKind.DECISION_MISMATCH)
+    ]
+    assert first.detector.pending == 0
+    first.close()
+
+
+def test_a_partition_given_back_after_another_detector_paired_it_uncommitted_alerts_once() -> None:
+    bus, clock = MemoryBus(partitions=2), Clock()
+    customer = next(c for c in (f"cust-{i}" for i in range(100)) if partition_for(c, 2) == 1)
+    first = detector_service(bus, clock)
+    publish(bus, live("moved", customer, decision=Decision.DECLINE))
+    drain(first)
+
+    # A second detector takes partition 1, pairs both halves (alert and changelog written)
+    # and crashes before its commit: the first reads both halves again once it is back.
+    publish(bus, simulation("moved", customer))
+    second = detector_service(bus, clock)
+    second.consumer.commit = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    drain(second)
+    second.consumer.close()
+    drain(first)
+
+    assert [(a.transaction_id, a.kind) for a in published_alerts(bus)] == [
+        ("moved", AlertKind.DECISION_MISMATCH)
+    ]
+    assert first.detector.pending == 0
+    first.close()
+
+
 def test_lone_half_on_the_bus_gets_a_missing_alert_after_the_timeout() -> None:
     bus = MemoryBus()
     clock = Clock()

@@ -203,6 +203,12 @@ class DetectorService(ConsumerService):
         self._last_cut = self._cut()
         return {tp: offset for tp, offset in self._last_cut.items() if tp in owned}
 
+    def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        # Taken away, if only for a moment: another detector may have paired what this one
+        # holds of them. Drop it, and read their changelog again once they are back.
+        self._forget(set(partitions))
+        self._restored -= {tp.partition for tp in partitions}
+
     def _forget(self, lost: set[TopicPartition]) -> None:
         """Drop what came from partitions another member now owns: it reads them again."""
         if not lost:

@@ -350,12 +350,20 @@ class ConsumerService(ABC):
         return self._backoff
 
     def _drop_revoked(self) -> None:
-        for tp in self.consumer.take_revoked():
+        revoked = self.consumer.take_revoked()
+        for tp in revoked:
             # Read again from the group's last commit by whoever owns it now (this member
             # too, if it was given back): what this member handled of it and did not commit
             # is no longer its to commit.
             self._safe.pop(tp, None)
             self._sent.pop(tp, None)
+        if revoked:
+            self.on_revoked(revoked)
+
+    def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:  # noqa: B027
+        """Partitions taken from this member since the last call, whether or not they are
+        its own again by now (another member may have read on meanwhile): what a service keeps
+        of them is stale. Called after a poll and before a commit. By default nothing."""
 
     def _commit_handled(self, now: float, *, wait: bool = False) -> bool:
         """Send the offsets safe to commit that moved since they were last sent (all of them
