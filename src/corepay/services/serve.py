@@ -74,11 +74,23 @@ def _http_server(
         bound, sockets = int(server.effective_listen[0][1]), server.map
     else:
         bound, sockets = int(server.effective_port), server._map
-    thread = threading.Thread(target=server.run, name=name, daemon=True)
+    stopping = threading.Event()
+
+    def run() -> None:
+        try:
+            server.run()
+        except (OSError, ValueError):
+            # Closing the sockets below can land while the loop waits on them in select():
+            # a bad file descriptor then, which only means the loop is done.
+            if not stopping.is_set():
+                raise
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     try:
         yield bound
     finally:
+        stopping.set()
         server.task_dispatcher.shutdown()
         wasyncore.close_all(sockets)  # the listeners and every kept-alive connection
         thread.join(timeout=5)
