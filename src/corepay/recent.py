@@ -18,10 +18,10 @@ class Recent(Generic[K, V]):
     """A dict-like memory of the ``size`` keys first set most recently; the oldest go first.
 
     Setting a key again changes its value but not its place. Safe to share between threads.
-    Every operation is O(1): a dict
-    whose oldest key is deleted one at a time (``del d[next(iter(d))]``) slows down as it
-    grows, because CPython finds the first key by scanning past every slot deleted before it.
-    Kept at 100,000 ids that is about 25 us per id added, and ten times that at a million.
+    Every operation is O(1): a dict whose oldest key is deleted one at a time
+    (``del d[next(iter(d))]``) slows down as it grows, because CPython finds the first key by
+    scanning past every slot deleted before it. Kept at 100,000 ids that is about 25 us per id
+    added, and ten times that at a million.
     """
 
     def __init__(self, size: int) -> None:

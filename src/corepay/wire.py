@@ -514,8 +514,8 @@ def encode_outcomes(outcomes: Iterable[Outcome], *, in_process: bool = False) ->
 
     With ``in_process`` (the values are read in this process: a memory bus), decoding one of
     these values here gives back the outcome itself rather than an equal copy, so a pipeline
-    in one process decodes no outcome it wrote. Only outcomes that decode equal to themselves
-    are handed on: their transaction one this process validated, their numbers finite.
+    in one process decodes no outcome it wrote. Only outcomes that would decode exactly as
+    themselves are handed on (type for type; their transaction one this process validated).
     """
     shared = _SharedTransactions()
     if not in_process:
@@ -572,9 +572,22 @@ def _plain_time(value: object) -> bool:
 _HANDED_ON: Recent[bytes, Outcome | Transaction] = Recent(16_384)
 
 
-def _validated(txn: Transaction) -> bool:
+def _known(txn: Transaction) -> tuple[Transaction, bytes | None] | None:
+    """What :data:`_VALIDATED` holds of ``txn``: ``None`` unless this process validated it."""
     known = _VALIDATED.get(id(txn))
-    return known is not None and known[0] is txn
+    return known if known is not None and known[0] is txn else None
+
+
+def _validated(txn: Transaction) -> bool:
+    return _known(txn) is not None
+
+
+def _handed_on(data: Any, kind: type[Outcome] | type[Transaction]) -> Any:
+    """The object of ``kind`` encoded to ``data`` for readers in this process, or ``None``."""
+    if type(data) is not bytes or not len(_HANDED_ON):
+        return None
+    kept = _HANDED_ON.get(data)
+    return kept if isinstance(kept, kind) else None
 
 
 def encode_alert(alert: DivergenceAlert) -> bytes:
@@ -591,10 +604,9 @@ class _SharedTransactions:
     def encoded(self, txn: Transaction) -> orjson.Fragment:
         done = self._done.get(id(txn))
         if done is None:
-            known = _VALIDATED.get(id(txn))
-            if known is not None and known[0] is txn and known[1] is not None:
-                value = known[1]  # encoded already, for a reader in this process
-            else:
+            known = _known(txn)  # encoded already, for a reader in this process?
+            value = known[1] if known is not None else None
+            if value is None:
                 value = encode_transaction(txn)
             done = self._done[id(txn)] = (txn, orjson.Fragment(value))
         return done[1]
@@ -666,10 +678,9 @@ def decode_transaction(data: bytes | str) -> Transaction:
     Raises:
         DecodeError: not JSON, or not a valid transaction (the message lists the fields).
     """
-    if type(data) is bytes and len(_HANDED_ON):
-        kept = _HANDED_ON.get(data)
-        if isinstance(kept, Transaction):
-            return kept
+    kept = _handed_on(data, Transaction)
+    if kept is not None:
+        return kept  # type: ignore[no-any-return]
     try:
         return parse_transaction(_message_json(data))
     except ValidationError as exc:
@@ -712,10 +723,9 @@ def decode_outcome(data: bytes | str | Mapping[str, Any]) -> Outcome:
     Raises:
         DecodeError: not an outcome in this wire format.
     """
-    if type(data) is bytes and len(_HANDED_ON):
-        kept = _HANDED_ON.get(data)
-        if isinstance(kept, Outcome):
-            return kept
+    kept = _handed_on(data, Outcome)
+    if kept is not None:
+        return kept  # type: ignore[no-any-return]
     return _decoding("outcome", _outcome_from, data)  # type: ignore[no-any-return]
 
 
