@@ -440,12 +440,19 @@ def _lose_commits_sent_without_waiting(
     monkeypatch.setattr(service.consumer, "commit", only_waited_for_lands)
 
 
+def _bounded_echo_losing_unwaited_commits(
+    monkeypatch: pytest.MonkeyPatch, partitions: int
+) -> tuple[MemoryBus, _EchoRedeliveringAtMostFour]:
+    bus = MemoryBus(partitions=partitions)
+    service = _EchoRedeliveringAtMostFour(bus, commit_interval=0, max_records=2)
+    _lose_commits_sent_without_waiting(monkeypatch, service)
+    return bus, service
+
+
 def test_the_redelivery_limit_holds_when_commits_sent_without_waiting_are_lost(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bus = MemoryBus(partitions=1)
-    service = _EchoRedeliveringAtMostFour(bus, commit_interval=0, max_records=2)
-    _lose_commits_sent_without_waiting(monkeypatch, service)
+    bus, service = _bounded_echo_losing_unwaited_commits(monkeypatch, partitions=1)
     for offset in range(1, 9):
         bus.publish("in", "k", b"x")
         assert service.poll_once(0) == 1
@@ -699,9 +706,7 @@ def test_a_partition_taken_and_given_back_during_a_batch_is_not_committed_backwa
 def test_a_waited_commit_sends_every_offset_again_not_only_those_that_moved(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    bus = MemoryBus(partitions=2)
-    service = _EchoRedeliveringAtMostFour(bus, commit_interval=0, max_records=2)
-    _lose_commits_sent_without_waiting(monkeypatch, service)
+    bus, service = _bounded_echo_losing_unwaited_commits(monkeypatch, partitions=2)
     for partition in (0, 1, 0):
         bus.publish("in", "k", b"x", partition=partition)
         assert service.poll_once(0) == 1
