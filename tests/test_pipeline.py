@@ -134,16 +134,16 @@ class _ElsewhereBus(MemoryBus):
     in_process = False
 
 
-def test_in_one_process_messages_are_handed_on_with_the_same_results_as_decoding_them(
+def test_in_one_process_messages_are_carried_with_the_same_results_as_decoding_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: Counter[str] = Counter()
-    for name in ("_outcome_from", "_message_json", "transaction_to_wire"):
+    for name in ("_outcome_from", "_message_json", "transaction_to_wire", "_outcome_document"):
         original = getattr(wire, name)
         monkeypatch.setattr(wire, name, _counting(calls, name, original))
     results = []
     for bus in (MemoryBus(), _ElsewhereBus()):
-        for kept in (wire._KNOWN_TRANSACTIONS, wire._VALIDATED, wire._HANDED_ON):
+        for kept in (wire._KNOWN_TRANSACTIONS, wire._VALIDATED):
             kept.clear()  # nothing from the run before, nothing let go during this one
         calls.clear()
         store, pairings = MemoryTwinStore(), []
@@ -157,19 +157,21 @@ def test_in_one_process_messages_are_handed_on_with_the_same_results_as_decoding
                 dict(calls),
             )
         )
-    (handed_on, *same), (elsewhere, *again) = results
+    (carried, *same), (elsewhere, *again) = results
 
-    assert same[:-1] == again[:-1] and len(handed_on) == len(elsewhere) == 1200
-    assert any(kind for _, kind in handed_on)
-    # Over the memory bus each transaction was encoded once, at ingestion, and nothing was
-    # decoded. Over the other, the engine decoded every transaction and encoded it again into
-    # its outcomes, and the detector into its alerts; all three reads of every payment's
-    # outcomes were decoded (and more: the twin service, starting on a store that does not
-    # outlive it, replays live_outcome).
-    alerts = sum(1 for _, kind in elsewhere if kind)
-    assert same[-1] == {"transaction_to_wire": 1200}
+    assert same[:-1] == again[:-1] and len(carried) == len(elsewhere) == 1200
+    alerts = sum(1 for _, kind in carried if kind)
+    assert alerts
+    # Over the memory bus the services handed each other transactions and outcomes as they
+    # are: nothing was decoded, and only the alerts were encoded (each with its transaction
+    # and its two outcomes). Over the other, ingestion encoded every transaction, the engine
+    # decoded it and encoded it again into its outcomes, and the detector into its alerts;
+    # all three reads of every payment's outcomes were decoded (and more: the twin service,
+    # starting on a store that does not outlive it, replays live_outcome).
+    assert same[-1] == {"transaction_to_wire": alerts, "_outcome_document": 2 * alerts}
     assert again[-1]["_message_json"] == 1200
     assert again[-1]["transaction_to_wire"] == 2 * 1200 + alerts
+    assert again[-1]["_outcome_document"] == 2 * 1200 + 2 * alerts
     assert again[-1]["_outcome_from"] >= 3 * 1200
 
 

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 
 import strategies as cst
 from corepay import wire
+from corepay.bus import Carried
 from corepay.errors import DecodeError, ValidationError
 from corepay.models import Decision, Outcome, Path, Timings
-from corepay.recent import Recent
 from corepay.wire import (
     MAX_AMOUNT,
     TRANSACTION_FIELDS,
@@ -652,7 +652,7 @@ def test_the_transactions_kept_for_reuse_are_bounded() -> None:
     assert 0 < len(wire._KNOWN_TRANSACTIONS) <= wire._KNOWN_TRANSACTIONS_MAX
 
 
-# --- outcomes handed on within one process ---------------------------------------------------
+# --- outcomes carried within one process -----------------------------------------------------
 
 
 def _validated(outcome: Any) -> Any:
@@ -670,14 +670,14 @@ def test_outcomes_encoded_for_this_process_decode_exactly_as_decoding_them_would
 
     values = encode_outcomes(outcomes, in_process=True)
 
-    assert values == encode_outcomes(outcomes)  # the same bytes either way
+    assert [bytes(v) for v in values] == encode_outcomes(outcomes)  # the same bytes either way
     for value in values:
-        handed_on = decode_outcome(value)
+        carried = decode_outcome(value)
         # As decoding it would have built it, down to the types and time zones.
-        assert repr(handed_on) == repr(decode_outcome(value.decode()))
+        assert repr(carried) == repr(decode_outcome(bytes(value).decode()))
 
 
-def test_outcomes_as_the_engine_decides_them_are_handed_on() -> None:
+def test_outcomes_as_the_engine_decides_them_are_carried() -> None:
     outcome = Outcome(
         transaction=parse_transaction(VALID),
         path=Path.SIMULATION,
@@ -696,6 +696,7 @@ def test_outcomes_as_the_engine_decides_them_are_handed_on() -> None:
     )
     (value,) = encode_outcomes([outcome], in_process=True)
 
+    assert isinstance(value, Carried)
     assert decode_outcome(value) is outcome
 
 
@@ -745,11 +746,11 @@ def test_an_outcome_that_would_not_decode_exactly_as_itself_is_decoded_as_any_ot
     try:
         (value,) = encode_outcomes([odd], in_process=True)
     except TypeError:
-        return  # orjson cannot write it at all: nothing to hand on
+        return  # orjson cannot write it at all: nothing to carry
     decoded = _decoded_or_error(value.decode())
 
+    assert type(value) is bytes  # encoded at once, so read as any other value
     assert _decoded_or_error(value) == decoded  # the same outcome, or the same refusal
-    assert decode_outcome(value) is not odd if not isinstance(decoded, str) else True
 
 
 def _decoded_or_error(value: bytes | str) -> Any:
@@ -781,48 +782,34 @@ def test_an_outcome_of_a_subclass_is_decoded_as_any_other() -> None:
     outcome = _OwnOutcome(**attrs.asdict(_plain_outcome(), recurse=False))
     (value,) = encode_outcomes([outcome], in_process=True)
 
+    assert type(value) is bytes
     assert type(decode_outcome(value)) is Outcome
 
 
-def test_the_outcomes_handed_on_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wire, "_HANDED_ON", Recent(8))
-    txn = parse_transaction(VALID)
-    outcomes = [_plain_outcome(transaction=txn, model_version=f"m{i}") for i in range(19)]
-
-    values = encode_outcomes(outcomes, in_process=True)
-
-    # The last 8: the ones before were let go, oldest first.
-    assert len(wire._HANDED_ON) == 8
-    handed_on = [decode_outcome(v) is o for o, v in zip(outcomes, values, strict=True)]
-    assert handed_on == [False] * 11 + [True] * 8
-    assert [decode_outcome(v) for v in values] == outcomes  # let go: decoded as any other
-
-
 @given(cst.outcomes())
-def test_a_transaction_encoded_for_this_process_decodes_as_itself_and_is_not_encoded_again(
-    outcome: Any,
-) -> None:
+def test_a_transaction_encoded_for_this_process_is_carried_as_itself(outcome: Any) -> None:
     outcome = _validated(outcome)
     txn = outcome.transaction
 
     value = encode_transaction(txn, in_process=True)
-    wire._KNOWN_TRANSACTIONS.clear()  # so that only the handing on can give back txn itself
 
-    assert value == encode_transaction(txn)
+    assert isinstance(value, Carried)
+    assert bytes(value) == encode_transaction(txn)
     assert decode_transaction(value) is txn
-    with pytest.raises(DecodeError):  # a transaction is no outcome, handed on or not
+    with pytest.raises(DecodeError, match="an outcome expected, got Transaction"):
         decode_outcome(value)
     (encoded,) = encode_outcomes([outcome], in_process=True)
-    assert encoded == compact(outcome_to_wire(outcome))  # its outcomes embed the same bytes
-    with pytest.raises(DecodeError):  # and an outcome is no transaction
+    assert bytes(encoded) == compact(outcome_to_wire(outcome))
+    with pytest.raises(DecodeError):  # carried or not
         decode_transaction(encoded)
 
 
-def test_a_transaction_not_validated_here_is_not_handed_on() -> None:
+def test_a_transaction_not_validated_here_is_encoded_at_once() -> None:
     txn = parse_transaction(VALID)
     unchecked = attrs.evolve(txn, transaction_id="txn-unchecked")
 
     value = encode_transaction(unchecked, in_process=True)
 
+    assert type(value) is bytes
     decoded = decode_transaction(value)
     assert decoded == unchecked and decoded is not unchecked

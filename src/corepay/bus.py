@@ -16,9 +16,9 @@ Semantics every backend honours (the contract suite in ``tests/contract`` checks
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import Any, NamedTuple, Self
 
 import attrs
 
@@ -30,6 +30,7 @@ __all__ = [
     "RAW_TRANSACTIONS",
     "SIMULATION_OUTCOME",
     "Bus",
+    "Carried",
     "Consumer",
     "Delivery",
     "Message",
@@ -59,6 +60,37 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
+class Carried:
+    """A value published as the object it encodes, encoded only when its bytes are read.
+
+    Only a bus whose readers are all in this process (:attr:`Bus.in_process`, the memory
+    bus) takes one in place of bytes. A reader there gets the object itself
+    (:attr:`Message.carried`), and :attr:`Message.value` encodes it, once, on first read:
+    what a pipeline in one process hands from service to service without encoding or
+    decoding it. The object must be immutable, so that its bytes are the same whenever read.
+    """
+
+    __slots__ = ("_encode", "_encoded", "obj")
+
+    def __init__(self, obj: object, encode: Callable[[Any], bytes]) -> None:
+        self.obj = obj
+        self._encode = encode
+        self._encoded: bytes | None = None
+
+    def __bytes__(self) -> bytes:
+        encoded = self._encoded
+        if encoded is None:  # threads racing here both get the same bytes
+            encoded = self._encoded = self._encode(self.obj)
+        return encoded
+
+    def __repr__(self) -> str:
+        return f"Carried({self.obj!r})"
+
+
+def _bytes_of(value: bytes | Carried) -> bytes:
+    return value if type(value) is bytes else bytes(value)
+
+
 @attrs.frozen
 class Record:
     """A message to publish. ``key`` is the customer id on every CorePay topic.
@@ -70,7 +102,7 @@ class Record:
 
     topic: str
     key: str
-    value: bytes
+    value: bytes | Carried
     headers: Mapping[str, str] = attrs.field(factory=dict)
     partition: int | None = None
 
@@ -86,15 +118,31 @@ class Delivery:
 
 @attrs.frozen
 class Message:
-    """A message as a consumer receives it."""
+    """A message as a consumer receives it.
+
+    Its ``value`` is bytes, however it was published; on a bus in this process a value
+    published as :class:`Carried` is encoded only when ``value`` is first read, and
+    :attr:`carried` gives the object itself.
+    """
 
     topic: str
     partition: int
     offset: int
     key: str
-    value: bytes
+    _value: bytes | Carried = attrs.field(eq=_bytes_of, repr=_bytes_of)  # type: ignore[arg-type]
     headers: Mapping[str, str]
     timestamp_ms: int
+
+    @property
+    def value(self) -> bytes:
+        value = self._value
+        return value if type(value) is bytes else bytes(value)
+
+    @property
+    def carried(self) -> Carried | None:
+        """The object this value encodes, when it was published as one in this process."""
+        value = self._value
+        return None if type(value) is bytes else value  # type: ignore[return-value]
 
     @property
     def topic_partition(self) -> TopicPartition:
@@ -167,9 +215,10 @@ class Consumer(ABC):
 class Bus(ABC):
     """A partitioned, keyed message bus (Kafka, or its in-memory equivalent)."""
 
-    #: Whether every consumer of this bus is in this process and reads the very values
-    #: published (the memory bus): a service may then hand on what it encoded, so that the
-    #: next one does not decode it again (see :func:`corepay.wire.encode_outcomes`).
+    #: Whether every consumer of this bus is in this process (the memory bus): it then takes
+    #: a :class:`Carried` value in place of bytes, so that one service hands the next the
+    #: object itself, encoded only if someone reads its bytes (see
+    #: :func:`corepay.wire.encode_outcomes`). Any other bus refuses one (``TypeError``).
     in_process: bool = False
 
     @abstractmethod
@@ -177,7 +226,7 @@ class Bus(ABC):
         self,
         topic: str,
         key: str,
-        value: bytes,
+        value: bytes | Carried,
         headers: Mapping[str, str] | None = None,
         *,
         partition: int | None = None,
@@ -185,8 +234,10 @@ class Bus(ABC):
         """Publish one message and wait until the bus has durably taken it.
 
         It goes to the partition its key hashes to, or to ``partition`` when one is given.
+        ``value`` is bytes, or a :class:`Carried` value on a bus that is :attr:`in_process`.
 
         Raises:
+            TypeError: ``value`` is neither (nothing was published).
             ConfigurationError: ``partition`` is not one of the topic's; nothing was published.
             UnavailableError: the bus could not take it; nothing was published.
             BackendTimeoutError: no acknowledgement in time; the message may or may not be there.

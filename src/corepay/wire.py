@@ -13,11 +13,12 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, overload
 
 import orjson
 import pycountry
 
+from corepay.bus import Carried
 from corepay.errors import DecodeError, FieldError, ValidationError
 from corepay.models import (
     AlertKind,
@@ -256,7 +257,7 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
         return None
     txn = Transaction(tid, cid, value, currency, mid, mcc, country, channel, moment)
     _KNOWN_TRANSACTIONS[key] = txn
-    _VALIDATED[id(txn)] = (txn, None)
+    _VALIDATED[id(txn)] = txn
     return txn
 
 
@@ -264,9 +265,8 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
 #: every service (in one process) or both outcomes of it meet the detector soon after.
 _KNOWN_TRANSACTIONS_MAX = 8192
 _KNOWN_TRANSACTIONS: Recent[tuple[str, ...], Transaction] = Recent(_KNOWN_TRANSACTIONS_MAX)
-#: The same transactions by identity (held, so that an id is not reused meanwhile), with
-#: their value when :func:`encode_transaction` encoded them for a reader in this process.
-_VALIDATED: Recent[int, tuple[Transaction, bytes | None]] = Recent(_KNOWN_TRANSACTIONS_MAX)
+#: The same transactions by identity (held, so that an id is not reused meanwhile).
+_VALIDATED: Recent[int, Transaction] = Recent(_KNOWN_TRANSACTIONS_MAX)
 
 
 def _identifier(value: Any) -> str:
@@ -490,43 +490,52 @@ def _twin_document(
     }
 
 
-def encode_transaction(txn: Transaction, *, in_process: bool = False) -> bytes:
+def _transaction_bytes(txn: Transaction) -> bytes:
+    return encode_json(transaction_to_wire(txn))
+
+
+@overload
+def encode_transaction(txn: Transaction) -> bytes: ...
+@overload
+def encode_transaction(txn: Transaction, *, in_process: bool) -> bytes | Carried: ...
+def encode_transaction(txn: Transaction, *, in_process: bool = False) -> bytes | Carried:
     """The ``raw_transactions`` value of ``txn``.
 
-    With ``in_process`` (as for :func:`encode_outcomes`), decoding the value in this process
-    gives back ``txn`` itself, and outcomes of ``txn`` encoded here embed these very bytes
-    instead of encoding it again. Only a transaction this process validated is handed on.
+    With ``in_process`` (as for :func:`encode_outcomes`), a transaction this process
+    validated is carried as itself: its reader gets ``txn``, and bytes only if it asks.
     """
-    value = encode_json(transaction_to_wire(txn))
     if in_process and _validated(txn):
-        _HANDED_ON[value] = txn
-        _VALIDATED[id(txn)] = (txn, value)
-    return value
+        return Carried(txn, _transaction_bytes)
+    return _transaction_bytes(txn)
 
 
 def encode_outcome(outcome: Outcome) -> bytes:
     return encode_outcomes((outcome,))[0]
 
 
-def encode_outcomes(outcomes: Iterable[Outcome], *, in_process: bool = False) -> list[bytes]:
+@overload
+def encode_outcomes(outcomes: Iterable[Outcome]) -> list[bytes]: ...
+@overload
+def encode_outcomes(outcomes: Iterable[Outcome], *, in_process: bool) -> list[bytes | Carried]: ...
+def encode_outcomes(
+    outcomes: Iterable[Outcome], *, in_process: bool = False
+) -> list[bytes] | list[bytes | Carried]:
     """:func:`encode_outcome` of each; a transaction several of them share is encoded once (the
     engine's live and simulation outcomes of a batch share every transaction).
 
-    With ``in_process`` (the values are read in this process: a memory bus), decoding one of
-    these values here gives back the outcome itself rather than an equal copy, so a pipeline
-    in one process decodes no outcome it wrote. Only outcomes that would decode exactly as
-    themselves are handed on (type for type; their transaction one this process validated).
+    With ``in_process`` (the values are read in this process: a memory bus), an outcome that
+    would decode exactly as itself (type for type, its transaction one this process
+    validated) is carried as itself (:class:`~corepay.bus.Carried`): its readers get the
+    outcome rather than an equal copy, and it is encoded only if one asks for its bytes. So a
+    pipeline in one process encodes and decodes nothing that no one reads as bytes.
     """
     shared = _SharedTransactions()
     if not in_process:
         return [encode_json(shared.document(o)) for o in outcomes]
-    values = []
-    for outcome in outcomes:
-        value = encode_json(shared.document(outcome))
-        if _decodes_as_itself(outcome):
-            _HANDED_ON[value] = outcome
-        values.append(value)
-    return values
+    return [
+        Carried(o, encode_outcome) if _decodes_as_itself(o) else encode_json(shared.document(o))
+        for o in outcomes
+    ]
 
 
 def _decodes_as_itself(outcome: Outcome) -> bool:
@@ -565,29 +574,16 @@ def _plain_time(value: object) -> bool:
     return type(value) is datetime and value.tzinfo is UTC and not value.fold
 
 
-#: Outcomes encoded for readers in this process, by their encoded value. The engine puts two
-#: outcomes a payment here; the twin service and the detector read them back within the
-#: same round of the pipeline. Let go one at a time, oldest first, so that no batch frees a
-#: whole table of them at once.
-_HANDED_ON: Recent[bytes, Outcome | Transaction] = Recent(16_384)
-
-
-def _known(txn: Transaction) -> tuple[Transaction, bytes | None] | None:
-    """What :data:`_VALIDATED` holds of ``txn``: ``None`` unless this process validated it."""
-    known = _VALIDATED.get(id(txn))
-    return known if known is not None and known[0] is txn else None
-
-
 def _validated(txn: Transaction) -> bool:
-    return _known(txn) is not None
+    """Whether this process validated ``txn`` itself (see :data:`_VALIDATED`)."""
+    return _VALIDATED.get(id(txn)) is txn
 
 
-def _handed_on(data: Any, kind: type[Outcome] | type[Transaction]) -> Any:
-    """The object of ``kind`` encoded to ``data`` for readers in this process, or ``None``."""
-    if type(data) is not bytes or not len(_HANDED_ON):
-        return None
-    kept = _HANDED_ON.get(data)
-    return kept if isinstance(kept, kind) else None
+def _carried(data: Carried, kind: type[Outcome] | type[Transaction], what: str) -> Any:
+    """The object of ``kind`` that ``data`` carries."""
+    if not isinstance(data.obj, kind):
+        raise DecodeError(f"{what} expected, got {type(data.obj).__name__}")
+    return data.obj
 
 
 def encode_alert(alert: DivergenceAlert) -> bytes:
@@ -604,11 +600,7 @@ class _SharedTransactions:
     def encoded(self, txn: Transaction) -> orjson.Fragment:
         done = self._done.get(id(txn))
         if done is None:
-            known = _known(txn)  # encoded already, for a reader in this process?
-            value = known[1] if known is not None else None
-            if value is None:
-                value = encode_transaction(txn)
-            done = self._done[id(txn)] = (txn, orjson.Fragment(value))
+            done = self._done[id(txn)] = (txn, orjson.Fragment(_transaction_bytes(txn)))
         return done[1]
 
     def document(self, outcome: Outcome) -> dict[str, Any]:
@@ -672,15 +664,17 @@ def _optional_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def decode_transaction(data: bytes | str) -> Transaction:
+def decode_transaction(data: bytes | str | Carried) -> Transaction:
     """Decode and validate a ``raw_transactions`` value (any producer may have written it).
+
+    A :class:`~corepay.bus.Carried` value (:attr:`~corepay.bus.Message.carried`) gives the
+    transaction it carries.
 
     Raises:
         DecodeError: not JSON, or not a valid transaction (the message lists the fields).
     """
-    kept = _handed_on(data, Transaction)
-    if kept is not None:
-        return kept  # type: ignore[no-any-return]
+    if isinstance(data, Carried):
+        return _carried(data, Transaction, "a transaction")  # type: ignore[no-any-return]
     try:
         return parse_transaction(_message_json(data))
     except ValidationError as exc:
@@ -717,15 +711,17 @@ def _decoding(what: str, build: Callable[[Mapping[str, Any]], Any], data: Any) -
         raise DecodeError(f"{what} is malformed: {type(exc).__name__}: {exc}") from None
 
 
-def decode_outcome(data: bytes | str | Mapping[str, Any]) -> Outcome:
+def decode_outcome(data: bytes | str | Mapping[str, Any] | Carried) -> Outcome:
     """Decode a ``live_outcome`` or ``simulation_outcome`` value.
+
+    A :class:`~corepay.bus.Carried` value (:attr:`~corepay.bus.Message.carried`) gives the
+    outcome it carries.
 
     Raises:
         DecodeError: not an outcome in this wire format.
     """
-    kept = _handed_on(data, Outcome)
-    if kept is not None:
-        return kept  # type: ignore[no-any-return]
+    if isinstance(data, Carried):
+        return _carried(data, Outcome, "an outcome")  # type: ignore[no-any-return]
     return _decoding("outcome", _outcome_from, data)  # type: ignore[no-any-return]
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 
-from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
+from corepay.bus import Bus, Carried, Consumer, Delivery, Message, Record, TopicPartition
 from corepay.errors import CommitFailedError, ConfigurationError
 
 from .conftest import BusFactory
@@ -570,6 +570,40 @@ def test_memory_publish_many_with_a_value_not_bytes_publishes_none_of_them(
     with pytest.raises(TypeError, match="value must be bytes, not str"):
         bus.publish_many(records)
     assert bus.messages(topic) == []  # type: ignore[attr-defined]
+
+
+def test_a_carried_value_is_taken_only_by_a_bus_in_this_process_and_encoded_once_read(
+    bus_factory: BusFactory, fresh_name: Names
+):
+    bus = bus_factory()
+    topic = new_topic(bus, fresh_name)
+    encoded: list[object] = []
+
+    def encode(obj: object) -> bytes:
+        encoded.append(obj)
+        return f"encoded {obj}".encode()
+
+    if not bus.in_process:
+        with pytest.raises(TypeError, match="value must be bytes, not Carried"):
+            bus.publish(topic, "k", Carried("x", encode))
+        assert encoded == []
+        return
+    bus.publish(topic, "k", Carried("x", encode))
+    consumer = bus_factory.consumer(bus, fresh_name("group"), [topic])
+    (message,) = poll_until(consumer, 1, bus_factory.deadline())
+
+    carried = message.carried
+    assert carried is not None and carried.obj == "x"
+    assert encoded == []  # nothing encoded until its bytes are read
+    assert message.value == b"encoded x" == message.value
+    assert encoded == ["x"]  # and then once
+    (replayed,) = bus.replay(topic, [message.partition])
+    assert replayed == message and replayed.value == b"encoded x"
+    plain = Message(
+        topic, message.partition, message.offset, "k", b"encoded x", {}, message.timestamp_ms
+    )
+    assert plain.carried is None
+    assert plain == message and repr(plain) == repr(message)  # as bytes, however published
 
 
 def test_replay_reads_whole_partitions_outside_any_group(

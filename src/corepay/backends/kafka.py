@@ -51,7 +51,16 @@ from kafka.errors import (
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.structs import OffsetAndMetadata
 
-from corepay.bus import CHANGELOG_SUFFIX, Bus, Consumer, Delivery, Message, Record, TopicPartition
+from corepay.bus import (
+    CHANGELOG_SUFFIX,
+    Bus,
+    Carried,
+    Consumer,
+    Delivery,
+    Message,
+    Record,
+    TopicPartition,
+)
 from corepay.errors import (
     BackendTimeoutError,
     CommitFailedError,
@@ -353,7 +362,7 @@ class KafkaBus(Bus):
         self,
         topic: str,
         key: str,
-        value: bytes,
+        value: bytes | Carried,
         headers: Mapping[str, str] | None = None,
         *,
         partition: int | None = None,

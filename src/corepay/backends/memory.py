@@ -18,7 +18,7 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
-from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
+from corepay.bus import Bus, Carried, Consumer, Delivery, Message, Record, TopicPartition
 from corepay.errors import CommitFailedError, ConfigurationError, ConflictError
 from corepay.models import Twin
 from corepay.store import TwinStore
@@ -108,7 +108,7 @@ class MemoryBus(Bus):
         self,
         topic: str,
         key: str,
-        value: bytes,
+        value: bytes | Carried,
         headers: Mapping[str, str] | None = None,
         *,
         partition: int | None = None,
@@ -122,14 +122,16 @@ class MemoryBus(Bus):
 
     @staticmethod
     def _check_value(value: object) -> None:
-        if not isinstance(value, bytes):
-            raise TypeError(f"value must be bytes, not {type(value).__name__}")
+        if not isinstance(value, bytes | Carried):
+            raise TypeError(
+                f"value must be bytes, not {type(value).__name__} (or, on this bus, Carried)"
+            )
 
     def _append(
         self,
         topic: str,
         key: str,
-        value: bytes,
+        value: bytes | Carried,
         headers: Mapping[str, str] | None,
         partition: int | None,
         timestamp_ms: int,

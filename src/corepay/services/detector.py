@@ -109,7 +109,7 @@ class DetectorService(ConsumerService):
                 tp = message.topic_partition  # a batch comes in runs of one partition
             self._next[tp] = message.offset + 1
             try:
-                outcome = decode_outcome(message.value)
+                outcome = decode_outcome(message.carried or message.value)
             except DecodeError as exc:
                 records.append(dead_letter(message, str(exc)))
                 continue

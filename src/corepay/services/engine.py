@@ -50,7 +50,7 @@ class EngineService(ConsumerService):
         stamps: list[datetime | None] = []
         for message in messages:
             try:
-                txns.append(decode_transaction(message.value))
+                txns.append(decode_transaction(message.carried or message.value))
             except DecodeError as exc:
                 records.append(dead_letter(message, str(exc)))
                 continue

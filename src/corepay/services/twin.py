@@ -143,7 +143,7 @@ class TwinService(ConsumerService):
         by_customer: dict[str, list[Outcome]] = defaultdict(list)
         for message in messages:
             try:
-                outcome = decode_outcome(message.value)
+                outcome = decode_outcome(message.carried or message.value)
                 if outcome.path is not Path.LIVE:
                     raise DecodeError(f"a {outcome.path.value} outcome on {LIVE_OUTCOME}")
             except DecodeError as exc:
