@@ -20,7 +20,7 @@ import strategies as cst
 from corepay.backends.memory import MemoryTwinStore
 from corepay.models import Decision, Outcome, Path, Timings, Transaction, Twin
 from corepay.services.twin import update_twin
-from corepay.twin import TwinPolicy, apply_outcome, apply_outcomes, live_decision
+from corepay.twin import TwinPolicy, apply_outcome, apply_outcomes, live_decision, project
 from corepay.wire import parse_transaction
 
 STATS = (
@@ -167,6 +167,26 @@ def apply_in_batches(
     for start, end in itertools.pairwise(bounds):
         twin = apply_outcomes(twin, outcomes[start:end], policy)
     return twin
+
+
+@given(
+    customer_outcomes(max_size=12),
+    st.integers(0, 12),
+    st.sampled_from(Decision),
+    st.integers(1, 8),
+)
+def test_a_projected_twin_is_the_twin_its_payments_would_make(
+    outcomes: list[Outcome], split: int, decision: Decision, history_size: int
+) -> None:
+    policy = TwinPolicy(history_size=history_size)
+    twin = apply_outcomes(None, outcomes[:split], policy)
+    ahead = [o.transaction for o in outcomes[split:]]
+
+    projected = project(twin, ahead, decision, policy)
+
+    expected = apply_outcomes(twin, [live_decision(t, decision, "any") for t in ahead], policy)
+    assert projected == expected
+    assert (projected is twin) == (not ahead)
 
 
 # --- idempotence and order ----------------------------------------------------------------------

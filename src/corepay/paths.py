@@ -26,7 +26,7 @@ from corepay.gateway import GatewayResponse, PaymentGateway
 from corepay.models import Decision, Outcome, Path, Timings, Transaction, Twin
 from corepay.riskmodel import RiskModel
 from corepay.scoring import DecisionPolicy, Thresholds
-from corepay.twin import apply_outcomes, live_decision
+from corepay.twin import project
 from corepay.twin_client import TwinClient
 
 __all__ = ["DecisionPath", "LivePath", "SimulationPath", "policy_for"]
@@ -322,9 +322,8 @@ class SimulationPath(DecisionPath):
             missing = [p for p in pending if p.transaction_id != tid]
             lags.append(len(missing))
             if missing:
-                fresher[i] = apply_outcomes(
-                    twin, [live_decision(p, Decision.APPROVE, "assumed") for p in missing]
-                )  # type: ignore[assignment]
+                # Not applied to the twin (what it shows left pending above), and distinct.
+                fresher[i] = project(twin, missing)  # type: ignore[assignment]
             if tid not in shown and len(missing) == len(pending):  # not pending already
                 pending.append(txn)
                 del pending[: -self.pending_per_customer]

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import decimal
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 
 from corepay.models import Decision, HistoryEntry, Outcome, Path, Timings, Transaction, Twin
 
-__all__ = ["TwinPolicy", "apply_outcome", "apply_outcomes", "live_decision"]
+__all__ = ["TwinPolicy", "apply_outcome", "apply_outcomes", "live_decision", "project"]
 
 # Wide enough that sums of squares of the largest amounts (15 integer digits, 4 places) over
 # billions of transactions stay exact, so statistics never depend on the order of updates.
@@ -89,7 +89,7 @@ def apply_outcomes(
     customers = {o.customer_id for o in fresh}
     if len(customers) > 1:
         raise ValueError(f"outcomes of several customers given at once: {sorted(customers)}")
-    return _merge(twin, fresh, policy)
+    return _merge(twin, [(o.transaction, o.decision) for o in fresh], policy)
 
 
 def apply_outcome(twin: Twin | None, outcome: Outcome, policy: TwinPolicy = TwinPolicy()) -> Twin:
@@ -99,8 +99,29 @@ def apply_outcome(twin: Twin | None, outcome: Outcome, policy: TwinPolicy = Twin
     return updated
 
 
-def _merge(twin: Twin | None, fresh: list[Outcome], policy: TwinPolicy) -> Twin:
-    # One pass over the outcomes: this runs for every live outcome (and for the simulation
+def project(
+    twin: Twin | None,
+    txns: Sequence[Transaction],
+    decision: Decision = Decision.APPROVE,
+    policy: TwinPolicy = TwinPolicy(),
+) -> Twin | None:
+    """The twin as it will be once these payments of its customer are applied with
+    ``decision``: what the simulation path scores a payment on when the twin it read does not
+    show the customer's payments decided just before.
+
+    The same twin as :func:`apply_outcomes` gives for their :func:`live_decision` outcomes,
+    without building those: the payments must be distinct and not applied to ``twin`` yet
+    (this is not checked). ``twin`` itself when there are none.
+    """
+    if not txns:
+        return twin
+    return _merge(twin, [(t, decision) for t in txns], policy)
+
+
+def _merge(
+    twin: Twin | None, fresh: list[tuple[Transaction, Decision]], policy: TwinPolicy
+) -> Twin:
+    # One pass over the payments: this runs for every live outcome (and for the simulation
     # path's fresher twins), so it keeps to plain loops over locals.
     if twin is None:
         version = count = approvals = declines = reviews = 0
@@ -121,11 +142,9 @@ def _merge(twin: Twin | None, fresh: list[Outcome], policy: TwinPolicy) -> Twin:
     entries = []
     # min() and max() keep the first of equal values: so do these (a tie may differ in form,
     # 1.0 and 1.00, or an instant in two offsets).
-    first = last = fresh[0].transaction.timestamp
-    low = high = fresh[0].transaction.amount
-    for outcome in fresh:
-        t = outcome.transaction
-        decision = outcome.decision
+    first = last = fresh[0][0].timestamp
+    low = high = fresh[0][0].amount
+    for t, decision in fresh:
         amount, stamp = t.amount, t.timestamp
         entries.append(
             HistoryEntry(
@@ -157,9 +176,9 @@ def _merge(twin: Twin | None, fresh: list[Outcome], policy: TwinPolicy) -> Twin:
         history = sorted([*kept, *entries], key=_history_key)
     else:  # the usual case, payments arriving in time order: no need to sort it all again
         history = [*kept, *entries]
-    applied = (*applied, *(o.transaction_id for o in fresh))
+    applied = (*applied, *(t.transaction_id for t, _ in fresh))
     return Twin(
-        fresh[0].customer_id,
+        fresh[0][0].customer_id,
         version + 1,
         first if twin is None else min(first, twin.first_seen),
         last if twin is None else max(last, twin.last_seen),
