@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, NamedTuple, Self
 
 import attrs
@@ -87,6 +87,10 @@ class Carried:
         return f"Carried({self.obj!r})"
 
 
+#: One empty mapping for every record without headers (most of them), read-only.
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 def _bytes_of(value: bytes | Carried) -> bytes:
     return value if type(value) is bytes else bytes(value)
 
@@ -103,7 +107,7 @@ class Record:
     topic: str
     key: str
     value: bytes | Carried
-    headers: Mapping[str, str] = attrs.field(factory=dict)
+    headers: Mapping[str, str] = _NO_HEADERS
     partition: int | None = None
 
 

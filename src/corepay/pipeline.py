@@ -103,7 +103,8 @@ class Pipeline:
         stamps = []
         for outcome in (pairing.live, pairing.simulation):
             if outcome is not None:
-                self.decisions[outcome.path.value][outcome.decision.value] += 1
+                # (``_value_``: the value, without the enum property's lookup.)
+                self.decisions[outcome.path._value_][outcome.decision._value_] += 1
                 if outcome.timings.ingested_at is not None:
                     stamps.append(outcome.timings.ingested_at.timestamp())
         if pairing.alert is not None:

@@ -72,7 +72,11 @@ def apply_outcomes(
         ValueError: an outcome is not from the live path, or is for another customer.
     """
     fresh: list[Outcome] = []
-    seen = set(twin.applied) if twin is not None else set()
+    outcomes = list(outcomes)
+    applied = twin.applied if twin is not None else ()
+    # A set of what was applied costs a pass over all of it: worth it for more than a few
+    # outcomes; for the usual one or two, looking through the tuple is quicker.
+    seen = set(applied) if len(outcomes) > 2 else set()
     for outcome in outcomes:
         if outcome.path is not Path.LIVE:
             raise ValueError(f"only live outcomes update a twin, not {outcome.path.value}")
@@ -81,8 +85,9 @@ def apply_outcomes(
                 f"outcome for customer {outcome.customer_id!r} applied to twin of "
                 f"{twin.customer_id!r}"
             )
-        if outcome.transaction_id not in seen:
-            seen.add(outcome.transaction_id)
+        tid = outcome.transaction_id
+        if tid not in seen and (len(outcomes) > 2 or tid not in applied):
+            seen.add(tid)
             fresh.append(outcome)
     if not fresh:
         return twin
