@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import decimal
 import enum
-import functools
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -171,15 +170,15 @@ class HistoryEntry:
     country: str
     channel: str
     decision: Decision
-
-    @functools.cached_property
-    def epoch_us(self) -> int:
-        """``timestamp`` as whole microseconds since 1970-01-01T00:00Z, exactly.
-
-        Comparing aware datetimes works out both offsets every time; twin features compare a
-        twin's history many times over, so they compare these instead (worked out once).
-        """
-        return epoch_us(self.timestamp)
+    #: ``timestamp`` as whole microseconds since 1970-01-01T00:00Z, exactly. Comparing aware
+    #: datetimes works out both offsets every time; twin features compare a twin's history
+    #: many times over, so they compare these instead, worked out as the entry is made.
+    epoch_us: int = attrs.field(
+        init=False,
+        eq=False,
+        repr=False,
+        default=attrs.Factory(lambda self: epoch_us(self.timestamp), takes_self=True),
+    )
 
 
 @attrs.frozen
