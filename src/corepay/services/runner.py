@@ -7,7 +7,6 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 
@@ -98,8 +97,8 @@ class ConsumerService(ABC):
 
     Metrics (see :mod:`corepay.observability`), labelled with :attr:`service`: messages
     consumed, produced and dead-lettered per topic, the time to handle, publish and commit a
-    batch, and the consumer lag per partition: after a poll that finds nothing new, and while
-    busy at most every :attr:`lag_interval` seconds.
+    batch, and the consumer lag per partition: after the first poll that finds nothing new
+    once messages were read, and otherwise at most every :attr:`lag_interval` seconds.
     """
 
     #: The consumer group; all instances of a service share it and split the partitions.
@@ -143,6 +142,7 @@ class ConsumerService(ABC):
         self.processed = 0
         self._lag_reported: set[TopicPartition] = set()
         self._lag_reported_at = -math.inf
+        self._read_since_lag = True  # messages read since the lag was last reported
         # Per partition: the offset safe to commit (past what was handled, or what the service
         # said), and the offset last sent.
         self._safe: dict[TopicPartition, int] = {}
@@ -185,10 +185,17 @@ class ConsumerService(ABC):
             except BackendError as exc:
                 self._retry_later([], exc, repoll=True)
                 return 0
-            self._count(MESSAGES_CONSUMED, (m.topic for m in messages))
+            if messages:
+                self._count(MESSAGES_CONSUMED, (m.topic for m in messages))
+                self._read_since_lag = True
             now = time.monotonic()
-            if not messages or now - self._lag_reported_at >= self.lag_interval:
+            # Caught up, the lag is what it was at the last idle poll unless something was
+            # read since: an in-process pipeline polls idle after every batch.
+            if (
+                not messages and self._read_since_lag
+            ) or now - self._lag_reported_at >= self.lag_interval:
                 self._lag_reported_at = now
+                self._read_since_lag = False
                 self._report_lag()
             self._drop_revoked()
         try:
@@ -276,17 +283,23 @@ class ConsumerService(ABC):
         return timed(self.service, stage) if active else nullcontext()
 
     def _count(self, counter: prometheus_client.Counter, topics: Iterable[str]) -> None:
-        for topic, n in Counter(topics).items():
+        counts: dict[str, int] = {}
+        for topic in topics:
+            counts[topic] = counts.get(topic, 0) + 1
+        for topic, n in counts.items():
             labelled(counter, self.service, topic).inc(n)
 
     def _count_published(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
         self._count(MESSAGES_PRODUCED, (r.topic for r in records))
         self._count(
             DEAD_LETTERS,
             (
                 source
                 for r in records
-                if (source := r.headers.get(SOURCE_TOPIC_HEADER)) is not None
+                if r.headers  # (most have none)
+                and (source := r.headers.get(SOURCE_TOPIC_HEADER)) is not None
                 and r.topic == dead_letter_topic(source)
             ),
         )
@@ -376,6 +389,11 @@ class ConsumerService(ABC):
         commit is known to have landed: one that waited, or, with no limit, one sent.
         """
         self._last_commit = now
+        if not wait and self._safe == self._sent and now - self._last_resend < self.recommit_after:
+            # Nothing moved since the offsets last sent, and none is due again: an idle poll.
+            if self.redelivery_limit is None:
+                self._handled_since_commit = 0
+            return True
         self._drop_revoked()
         owned = self.consumer.assignment()
         self._safe = {tp: offset for tp, offset in self._safe.items() if tp in owned}
