@@ -7,6 +7,7 @@ import itertools
 import math
 from datetime import UTC, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import attrs
 import joblib
@@ -29,7 +30,7 @@ from corepay.features import (
 )
 from corepay.models import Decision, Transaction, Twin
 from corepay.riskmodel import LogisticRegression, ModelMetadata, RiskModel, load_model, save_model
-from corepay.scoring import DecisionPolicy, Thresholds
+from corepay.scoring import REASON_RULES, DecisionPolicy, Thresholds
 from corepay.training import TrainingConfig, build_dataset, default_model, roc_auc, train
 from corepay.twin import apply_outcome, live_decision
 from corepay.wire import decode_outcome
@@ -228,6 +229,39 @@ def test_policy_explains_what_it_does_not_approve_with_reason_codes():
     )
     assert decided[1] == (Decision.REVIEW, ("ELEVATED_RISK_SCORE", "NO_HISTORY"))
     assert decided[2] == (Decision.APPROVE, ())
+
+
+def _explained(thresholds: Thresholds, score: float, row: dict[str, float]) -> Any:
+    """What the policy decides for one row, rule by rule, as REASON_RULES reads."""
+    decision, reasons = thresholds.decide(score)
+    if decision is Decision.APPROVE:
+        return decision, reasons
+    codes: list[str] = []
+    for name, at_least, code in REASON_RULES:
+        if name not in row or row[name] < at_least or code in codes:
+            continue
+        if code in ("NEW_COUNTRY", "NEW_MERCHANT") and row.get("thin_history", 0.0) >= 1.0:
+            continue  # everything is new to a customer without history
+        codes.append(code)
+    return decision, reasons + tuple(codes)
+
+
+@given(st.data(), st.integers(0, 12))
+def test_policy_reasons_are_each_rule_applied_row_by_row(data: st.DataObject, rows: int) -> None:
+    names = data.draw(st.lists(st.sampled_from(FEATURES), unique=True, min_size=1))
+    values = st.sampled_from([0.0, 0.3, 0.5, 1.0, 1.5, 2.99, 3.0, 4.0, 5.0, -1.0])
+    features = np.array(
+        [[data.draw(values) for _ in names] for _ in range(rows)], dtype=float
+    ).reshape(rows, len(names))
+    scores = np.array([data.draw(st.floats(0.0, 1.0)) for _ in range(rows)])
+    thresholds = Thresholds(0.4, 0.8)
+
+    decided = DecisionPolicy(thresholds).decide(scores, features, names)
+
+    assert decided == [
+        _explained(thresholds, score, dict(zip(names, row, strict=True)))
+        for score, row in zip(scores.tolist(), features.tolist(), strict=True)
+    ]
 
 
 # --- fitting and measuring -------------------------------------------------------------------

@@ -202,23 +202,31 @@ def check_features(names: Iterable[str], *, allowed: Sequence[str] = FEATURES) -
 def transaction_features(txns: Sequence[Transaction]) -> np.ndarray:
     """One row per transaction, columns in :data:`TRANSACTION_FEATURES` order."""
     n = len(txns)
-    rates = np.fromiter((_UNITS_PER_EUR.get(t.currency, np.nan) for t in txns), np.float64, n)
-    eur = np.fromiter((float(t.amount) for t in txns), np.float64, n) / rates
+    units, areas, nan = _UNITS_PER_EUR, _CURRENCY_AREAS, math.nan
+    # One pass over the batch for what each payment says (columns 2-6 as they are), then the
+    # arithmetic on whole columns.
+    said = np.array(
+        [
+            (
+                units.get(t.currency, nan),
+                float(t.amount),
+                t.channel in _CARD_NOT_PRESENT,
+                t.channel == "atm",
+                t.merchant_category in HIGH_RISK_MCCS,
+                (area := areas.get(t.currency)) is not None and t.country not in area,
+                t.timestamp.hour < 6,
+            )
+            for t in txns
+        ],
+        dtype=np.float64,
+    ).reshape(n, len(TRANSACTION_FEATURES))
+    rates = said[:, 0]
+    eur = said[:, 1] / rates
     known = ~np.isnan(rates)
-    out = np.empty((n, len(TRANSACTION_FEATURES)), dtype=np.float64)
+    out = said  # overwritten column by column
     out[:, 0] = np.where(known, np.log10(np.where(known, eur, 1.0)), _UNKNOWN_CURRENCY_LOG_AMOUNT)
     out[:, 1] = known & (np.where(known, eur, _TINY_EUR) < _TINY_EUR)
-    out[:, 2] = np.fromiter((t.channel in _CARD_NOT_PRESENT for t in txns), np.float64, n)
-    out[:, 3] = np.fromiter((t.channel == "atm" for t in txns), np.float64, n)
-    out[:, 4] = np.fromiter((t.merchant_category in HIGH_RISK_MCCS for t in txns), np.float64, n)
-    out[:, 5] = np.fromiter((_cross_border(t) for t in txns), np.float64, n)
-    out[:, 6] = np.fromiter((t.timestamp.hour < 6 for t in txns), np.float64, n)
     return out
-
-
-def _cross_border(txn: Transaction) -> bool:
-    area = _CURRENCY_AREAS.get(txn.currency)
-    return area is not None and txn.country not in area
 
 
 def _twin_row(txn: Transaction, twin: Twin | None) -> tuple[float, ...]:

@@ -100,16 +100,21 @@ class DecisionPolicy:
                 f"and {len(names)} feature names"
             )
         column = {n: i for i, n in enumerate(names)}
-        rules = [(features[:, column[f]] >= v, code) for f, v, code in REASON_RULES if f in column]
-        thin = features[:, column["thin_history"]] >= 1.0 if "thin_history" in column else None
+        rules = [(column[f], v, code) for f, v, code in REASON_RULES if f in column]
+        thin_at = column.get("thin_history")
         decided: list[tuple[Decision, tuple[str, ...]]] = []
+        fired: list[list[bool]] | None = None  # per row, whether each rule fired: when needed
         for i, score in enumerate(scores.tolist()):
             decision, reasons = self.thresholds.decide(score)
             if decision is not Decision.APPROVE:
+                if fired is None:  # every rule over the whole batch at once
+                    at = [c for c, _, _ in rules]
+                    fired = (features[:, at] >= np.array([v for _, v, _ in rules])).tolist()
+                thin = thin_at is not None and features[i, thin_at] >= 1.0
                 codes: list[str] = []
-                for fired, code in rules:
-                    if fired[i] and code not in codes:
-                        if code in _NOVELTY and thin is not None and thin[i]:
+                for hit, (_, _, code) in zip(fired[i], rules, strict=True):
+                    if hit and code not in codes:
+                        if thin and code in _NOVELTY:
                             continue
                         codes.append(code)
                 reasons += tuple(codes)
