@@ -753,6 +753,23 @@ def test_an_outcome_that_would_not_decode_exactly_as_itself_is_decoded_as_any_ot
     assert _decoded_or_error(value) == decoded  # the same outcome, or the same refusal
 
 
+def test_outcomes_sharing_timings_are_carried_only_if_those_decode_as_themselves() -> None:
+    plain = _plain_outcome()
+    paris = attrs.evolve(
+        plain.timings, decided_at=datetime(2026, 11, 25, tzinfo=ZoneInfo("Europe/Paris"))
+    )
+    outcomes = [
+        plain,
+        attrs.evolve(plain, model_version="m2"),  # the same Timings object as the first
+        attrs.evolve(plain, timings=paris),
+        attrs.evolve(plain, model_version="m3", timings=paris),
+    ]
+
+    values = encode_outcomes(outcomes, in_process=True)
+
+    assert [type(v) for v in values] == [Carried, Carried, bytes, bytes]
+
+
 def _decoded_or_error(value: bytes | str) -> Any:
     try:
         return repr(decode_outcome(value))

@@ -269,11 +269,19 @@ class SimulationPath(DecisionPath):
             fresh = {i: decision for i, (decision, _) in zip(rows, again, strict=True)}
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(txns), 1)
         now = _utc(self.clock())
+        # One Timings (immutable) per ingestion stamp object: the engine reads one per batch
+        # ingested together. (By identity: equal instants in two offsets encode differently.)
+        timings: dict[int, Timings] = {}
         outcomes = []
         for i, (txn, at, score, (decision, reasons), lag) in enumerate(
             zip(txns, ingested, scores.tolist(), decided, lags, strict=True)
         ):
             twin = twins.get(txn.customer_id)
+            timed = timings.get(id(at))
+            if timed is None:
+                timed = timings[id(at)] = Timings(
+                    decided_at=now, elapsed_ms=elapsed_ms, ingested_at=at
+                )
             outcomes.append(
                 Outcome(
                     transaction=txn,
@@ -285,7 +293,7 @@ class SimulationPath(DecisionPath):
                     twin_version=0 if twin is None else twin.version,
                     twin_lag=lag,
                     fresh_decision=fresh.get(i),
-                    timings=Timings(decided_at=now, elapsed_ms=elapsed_ms, ingested_at=at),
+                    timings=timed,
                 )
             )
         return outcomes

@@ -532,16 +532,19 @@ def encode_outcomes(
     shared = _SharedTransactions()
     if not in_process:
         return [encode_json(shared.document(o)) for o in outcomes]
+    plain: set[int] = set()  # Timings checked already (a path shares one across its batch)
     return [
-        Carried(o, encode_outcome) if _decodes_as_itself(o) else encode_json(shared.document(o))
+        Carried(o, encode_outcome)
+        if _decodes_as_itself(o, plain)
+        else encode_json(shared.document(o))
         for o in outcomes
     ]
 
 
-def _decodes_as_itself(outcome: Outcome) -> bool:
+def _decodes_as_itself(outcome: Outcome, plain: set[int]) -> bool:
     """Whether decoding ``outcome``'s value gives an outcome equal to it, field by field and
-    type by type: what the engine decides does; one built by hand need not."""
-    timings = outcome.timings
+    type by type: what the engine decides does; one built by hand need not. ``plain``: the
+    ids of Timings found to decode as themselves already (this adds to it)."""
     return (
         type(outcome) is Outcome
         and _validated(outcome.transaction)
@@ -555,13 +558,22 @@ def _decodes_as_itself(outcome: Outcome) -> bool:
         and (outcome.twin_lag is None or type(outcome.twin_lag) is int)
         and (outcome.fresh_decision is None or type(outcome.fresh_decision) is Decision)
         and (outcome.error is None or type(outcome.error) is str)
-        and type(timings) is Timings
+        and (id(outcome.timings) in plain or _plain_timings(outcome.timings, plain))
+    )
+
+
+def _plain_timings(timings: Timings, plain: set[int]) -> bool:
+    if not (
+        type(timings) is Timings
         and _plain_time(timings.decided_at)
         and (timings.ingested_at is None or _plain_time(timings.ingested_at))
         and type(timings.elapsed_ms) is float
         and math.isfinite(timings.elapsed_ms)
         and _plain_number(timings.gateway_ms)
-    )
+    ):
+        return False
+    plain.add(id(timings))  # (the outcome holds it, so the id is not reused meanwhile)
+    return True
 
 
 def _plain_number(value: object) -> bool:

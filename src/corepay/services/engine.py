@@ -21,8 +21,7 @@ from corepay.wire import decode_transaction, encode_outcomes
 __all__ = ["EngineService", "build_engine"]
 
 
-def _ingested_at(message: Message) -> datetime | None:
-    stamp = message.headers.get(INGESTED_AT_HEADER)
+def _ingested_at(stamp: str | None) -> datetime | None:
     try:
         return None if stamp is None else datetime.fromisoformat(stamp)
     except ValueError:
@@ -48,13 +47,18 @@ class EngineService(ConsumerService):
         records: list[Record] = []
         txns: list[Transaction] = []
         stamps: list[datetime | None] = []
+        read: dict[str | None, datetime | None] = {}  # a batch ingested together shares one
         for message in messages:
             try:
                 txns.append(decode_transaction(message.carried or message.value))
             except DecodeError as exc:
                 records.append(dead_letter(message, str(exc)))
                 continue
-            stamps.append(_ingested_at(message))
+            stamp = message.headers.get(INGESTED_AT_HEADER)
+            at = read.get(stamp, read)
+            if at is read:
+                at = read[stamp] = _ingested_at(stamp)
+            stamps.append(at)  # type: ignore[arg-type]
         live, simulation = self.engine.decide(txns, stamps)
         outcomes = [*live, *simulation]
         topics = [LIVE_OUTCOME] * len(live) + [SIMULATION_OUTCOME] * len(simulation)
