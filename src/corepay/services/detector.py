@@ -23,6 +23,7 @@ from corepay.bus import (
 )
 from corepay.divergence import DivergenceDetector, Pairing
 from corepay.errors import DecodeError
+from corepay.models import Outcome
 from corepay.observability import DIVERGENCES
 from corepay.recent import Recent
 from corepay.services.runner import ConsumerService, Handled, dead_letter
@@ -249,7 +250,6 @@ class DetectorService(ConsumerService):
             del self._tid_at[held]
         some = pairing.live or pairing.simulation
         assert some is not None
-        about = {"transaction_id": pairing.transaction_id, "customer_id": some.customer_id}
         if pairing.alert is not None:
             alert = pairing.alert
             records.append(Record(DIVERGENCE_ALERT, alert.customer_id, encode_alert(alert)))
@@ -258,15 +258,19 @@ class DetectorService(ConsumerService):
                 "divergence %s on transaction %s",
                 alert.kind.value,
                 pairing.transaction_id,
-                extra={**about, "kind": alert.kind.value},
+                extra={**_about(pairing, some), "kind": alert.kind.value},
             )
         # Filed under the partition number each half was read from: one, when both are keyed
         # by their customer (the outcome topics are co-partitioned), but a producer may key
         # them otherwise, and a detector that takes over either partition must find it.
         alerted = pairing.alert is not None
-        read_from = (partition, None if held is None else held[0].partition)
-        where: set[int | str] = {p for p in read_from if p is not None}
-        for group in where or {some.customer_id}:
+        other = None if held is None else held[0].partition
+        groups: tuple[int | str, ...]
+        if partition is None:
+            groups = (some.customer_id,) if other is None else (other,)
+        else:
+            groups = (partition,) if other is None or other == partition else (partition, other)
+        for group in groups:
             entry = entries.setdefault((group, alerted), (some.customer_id, []))
             entry[1].append(pairing.transaction_id)
         if self.on_pairing is not None:
@@ -276,7 +280,9 @@ class DetectorService(ConsumerService):
                 # An observer's failure must not fail the batch: the pair is already resolved,
                 # so a retried batch would no longer publish its alert.
                 log.exception(
-                    "on_pairing callback failed for %s", pairing.transaction_id, extra=about
+                    "on_pairing callback failed for %s",
+                    pairing.transaction_id,
+                    extra=_about(pairing, some),
                 )
         return held
 
@@ -317,3 +323,8 @@ def _resolved_in(entry: object) -> list[str]:
     if not isinstance(tids, list) or not all(isinstance(t, str) for t in tids):
         raise TypeError("transaction ids are strings")
     return tids
+
+
+def _about(pairing: Pairing, some: Outcome) -> dict[str, str]:
+    """The log fields of a line about a pairing."""
+    return {"transaction_id": pairing.transaction_id, "customer_id": some.customer_id}
