@@ -415,6 +415,32 @@ def test_an_estimator_without_predict_proba_is_refused():
         RiskModel(object(), ModelMetadata("x", "live", TRANSACTION_FEATURES))  # type: ignore[arg-type]
 
 
+class _Answers:
+    """An estimator that answers a batch of ``rows`` with these probabilities of the risky
+    class (and any other batch, such as the check of a model as it is made, with 0.5s)."""
+
+    def __init__(self, p: list[float], rows: int = 4) -> None:
+        self.p, self.rows = np.array(p), rows
+
+    def predict_proba(self, x: Any) -> Any:
+        p = self.p if len(x) == self.rows else np.full(len(x), 0.5)
+        return np.column_stack([1.0 - p, p])
+
+
+def test_scores_are_clipped_to_0_1_and_a_non_number_is_refused():
+    meta = ModelMetadata("odd", "live", TRANSACTION_FEATURES)
+    rows = np.zeros((4, len(TRANSACTION_FEATURES)))
+
+    scores = RiskModel(_Answers([-0.5, 0.25, 1.0, 7.0]), meta).score(rows)
+
+    assert scores.tolist() == [0.0, 0.25, 1.0, 1.0]
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="returned a score that is not a number"):
+            RiskModel(_Answers([0.5, bad, 0.5, 0.5]), meta).score(rows)
+    with pytest.raises(ValueError, match=r"predict_proba returned shape \(3, 2\)"):
+        RiskModel(_Answers([0.5, 0.5, 0.5]), meta).score(rows)
+
+
 def test_what_training_computes_is_what_the_running_pipeline_computes():
     # No train/serve skew: replay a world for training, run the same world through the
     # pipeline (one payment per step, so each twin is current), and the twin model scores

@@ -125,7 +125,9 @@ class LogisticRegression:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
+    # (np.minimum/np.maximum: np.clip's Python wrapper costs more than the clipping itself
+    # on a batch of a few dozen rows, the engine's smallest.)
+    out: np.ndarray = 1.0 / (1.0 + np.exp(-np.minimum(np.maximum(z, -500.0), 500.0)))
     return out
 
 
@@ -265,9 +267,9 @@ class RiskModel:
                 f"for {len(features)} rows; expected ({len(features)}, 2)"
             )
         scores = proba[:, 1]
-        if not np.isfinite(scores).all():
+        if not np.logical_and.reduce(np.isfinite(scores)):
             raise ValueError(f"model {self.version} returned a score that is not a number")
-        clipped: np.ndarray = np.clip(scores, 0.0, 1.0)
+        clipped: np.ndarray = np.minimum(np.maximum(scores, 0.0), 1.0)
         return clipped
 
     def save(self, path: str | os.PathLike[str]) -> Path:
