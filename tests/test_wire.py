@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 import strategies as cst
 from corepay import wire
-from corepay.bus import Carried
 from corepay.errors import DecodeError, ValidationError
 from corepay.models import Decision, Outcome, Path, Timings
 from corepay.wire import (
@@ -696,7 +695,7 @@ def test_outcomes_as_the_engine_decides_them_are_carried() -> None:
     )
     (value,) = encode_outcomes([outcome], in_process=True)
 
-    assert isinstance(value, Carried)
+    assert value is outcome
     assert decode_outcome(value) is outcome
 
 
@@ -767,7 +766,7 @@ def test_outcomes_sharing_timings_are_carried_only_if_those_decode_as_themselves
 
     values = encode_outcomes(outcomes, in_process=True)
 
-    assert [type(v) for v in values] == [Carried, Carried, bytes, bytes]
+    assert [type(v) for v in values] == [Outcome, Outcome, bytes, bytes]
 
 
 def _decoded_or_error(value: bytes | str) -> Any:
@@ -810,10 +809,10 @@ def test_a_transaction_encoded_for_this_process_is_carried_as_itself(outcome: An
 
     value = encode_transaction(txn, in_process=True)
 
-    assert isinstance(value, Carried)
+    assert value is txn
     assert bytes(value) == encode_transaction(txn)
     assert decode_transaction(value) is txn
-    with pytest.raises(DecodeError, match="an outcome expected, got Transaction"):
+    with pytest.raises(DecodeError):  # a transaction is no outcome, carried or not
         decode_outcome(value)
     (encoded,) = encode_outcomes([outcome], in_process=True)
     assert bytes(encoded) == compact(outcome_to_wire(outcome))
@@ -830,3 +829,20 @@ def test_a_transaction_not_validated_here_is_encoded_at_once() -> None:
     assert type(value) is bytes
     decoded = decode_transaction(value)
     assert decoded == unchecked and decoded is not unchecked
+
+
+def test_an_object_published_as_is_is_read_as_itself_only_once_validated_here() -> None:
+    txn = parse_transaction(VALID)
+    built = attrs.evolve(txn, transaction_id="txn-built-by-hand")
+    broken = attrs.evolve(txn, transaction_id="txn-broken", amount=Decimal("-5"))
+    outcome = _plain_outcome(transaction=built)
+
+    # Not validated here: checked as its bytes would be, as if it came over the wire.
+    decoded = decode_transaction(built)
+    assert decoded == built and decoded is not built
+    with pytest.raises(DecodeError, match="amount"):
+        decode_transaction(broken)
+    assert decode_outcome(outcome) == outcome and decode_outcome(outcome) is not outcome
+    with pytest.raises(DecodeError, match="amount"):
+        decode_outcome(attrs.evolve(outcome, transaction=broken))
+    assert decode_transaction(txn) is txn  # validated here: itself

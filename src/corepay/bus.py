@@ -16,9 +16,9 @@ Semantics every backend honours (the contract suite in ``tests/contract`` checks
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType, TracebackType
-from typing import Any, NamedTuple, Self
+from typing import NamedTuple, Self, SupportsBytes
 
 import attrs
 
@@ -30,7 +30,6 @@ __all__ = [
     "RAW_TRANSACTIONS",
     "SIMULATION_OUTCOME",
     "Bus",
-    "Carried",
     "Consumer",
     "Delivery",
     "Message",
@@ -60,38 +59,11 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
-class Carried:
-    """A value published as the object it encodes, encoded only when its bytes are read.
-
-    Only a bus whose readers are all in this process (:attr:`Bus.in_process`, the memory
-    bus) takes one in place of bytes. A reader there gets the object itself
-    (:attr:`Message.carried`), and :attr:`Message.value` encodes it, once, on first read:
-    what a pipeline in one process hands from service to service without encoding or
-    decoding it. The object must be immutable, so that its bytes are the same whenever read.
-    """
-
-    __slots__ = ("_encode", "_encoded", "obj")
-
-    def __init__(self, obj: object, encode: Callable[[Any], bytes]) -> None:
-        self.obj = obj
-        self._encode = encode
-        self._encoded: bytes | None = None
-
-    def __bytes__(self) -> bytes:
-        encoded = self._encoded
-        if encoded is None:  # threads racing here both get the same bytes
-            encoded = self._encoded = self._encode(self.obj)
-        return encoded
-
-    def __repr__(self) -> str:
-        return f"Carried({self.obj!r})"
-
-
 #: One empty mapping for every record without headers (most of them), read-only.
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
-def _bytes_of(value: bytes | Carried) -> bytes:
+def _bytes_of(value: bytes | SupportsBytes) -> bytes:
     return value if type(value) is bytes else bytes(value)
 
 
@@ -106,7 +78,7 @@ class Record:
 
     topic: str
     key: str
-    value: bytes | Carried
+    value: bytes | SupportsBytes
     headers: Mapping[str, str] = _NO_HEADERS
     partition: int | None = None
 
@@ -124,29 +96,36 @@ class Delivery:
 class Message:
     """A message as a consumer receives it.
 
-    Its ``value`` is bytes, however it was published; on a bus in this process a value
-    published as :class:`Carried` is encoded only when ``value`` is first read, and
-    :attr:`carried` gives the object itself.
+    Its ``value`` is bytes, however it was published. On a bus in this process, a value
+    published as an object (see :attr:`Bus.in_process`) is :attr:`carried` as itself, and
+    encoded (``bytes(obj)``) only when ``value`` is first read.
     """
 
     topic: str
     partition: int
     offset: int
     key: str
-    _value: bytes | Carried = attrs.field(eq=_bytes_of, repr=_bytes_of)  # type: ignore[arg-type]
+    _value: bytes | SupportsBytes = attrs.field(eq=_bytes_of, repr=_bytes_of)  # type: ignore[arg-type]
     headers: Mapping[str, str]
     timestamp_ms: int
+    _encoded: bytes | None = attrs.field(default=None, init=False, eq=False, repr=False)
 
     @property
     def value(self) -> bytes:
         value = self._value
-        return value if type(value) is bytes else bytes(value)
+        if type(value) is bytes:
+            return value
+        encoded = self._encoded
+        if encoded is None:  # threads racing here both get the same bytes
+            encoded = bytes(value)
+            object.__setattr__(self, "_encoded", encoded)
+        return encoded
 
     @property
-    def carried(self) -> Carried | None:
-        """The object this value encodes, when it was published as one in this process."""
+    def carried(self) -> SupportsBytes | None:
+        """The object published, when it was published as one in this process."""
         value = self._value
-        return None if type(value) is bytes else value  # type: ignore[return-value]
+        return None if type(value) is bytes else value
 
     @property
     def topic_partition(self) -> TopicPartition:
@@ -220,9 +199,10 @@ class Bus(ABC):
     """A partitioned, keyed message bus (Kafka, or its in-memory equivalent)."""
 
     #: Whether every consumer of this bus is in this process (the memory bus): it then takes
-    #: a :class:`Carried` value in place of bytes, so that one service hands the next the
-    #: object itself, encoded only if someone reads its bytes (see
-    #: :func:`corepay.wire.encode_outcomes`). Any other bus refuses one (``TypeError``).
+    #: in place of bytes an immutable object that encodes itself (``bytes(obj)``, such as a
+    #: :class:`~corepay.models.Transaction` or an :class:`~corepay.models.Outcome`), so that
+    #: one service hands the next the object itself, encoded only if someone reads its bytes
+    #: (see :func:`corepay.wire.encode_outcomes`). Any other bus refuses one (``TypeError``).
     in_process: bool = False
 
     @abstractmethod
@@ -230,7 +210,7 @@ class Bus(ABC):
         self,
         topic: str,
         key: str,
-        value: bytes | Carried,
+        value: bytes | SupportsBytes,
         headers: Mapping[str, str] | None = None,
         *,
         partition: int | None = None,
@@ -238,7 +218,7 @@ class Bus(ABC):
         """Publish one message and wait until the bus has durably taken it.
 
         It goes to the partition its key hashes to, or to ``partition`` when one is given.
-        ``value`` is bytes, or a :class:`Carried` value on a bus that is :attr:`in_process`.
+        ``value`` is bytes, or on a bus that is :attr:`in_process` an object to carry.
 
         Raises:
             TypeError: ``value`` is neither (nothing was published).

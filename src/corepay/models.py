@@ -90,6 +90,12 @@ class Transaction:
     channel: str
     timestamp: datetime
 
+    def __bytes__(self) -> bytes:
+        """The ``raw_transactions`` value (:func:`corepay.wire.encode_transaction`)."""
+        from corepay.wire import encode_transaction  # (wire builds on these models)
+
+        return encode_transaction(self)
+
 
 @attrs.frozen
 class Timings:
@@ -139,6 +145,12 @@ class Outcome:
     @property
     def customer_id(self) -> str:
         return self.transaction.customer_id
+
+    def __bytes__(self) -> bytes:
+        """The outcome topics' value (:func:`corepay.wire.encode_outcome`)."""
+        from corepay.wire import encode_outcome  # (wire builds on these models)
+
+        return encode_outcome(self)
 
 
 @attrs.frozen

@@ -13,12 +13,11 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, overload
+from typing import Any, SupportsBytes, overload
 
 import orjson
 import pycountry
 
-from corepay.bus import Carried
 from corepay.errors import DecodeError, FieldError, ValidationError
 from corepay.models import (
     AlertKind,
@@ -497,15 +496,16 @@ def _transaction_bytes(txn: Transaction) -> bytes:
 @overload
 def encode_transaction(txn: Transaction) -> bytes: ...
 @overload
-def encode_transaction(txn: Transaction, *, in_process: bool) -> bytes | Carried: ...
-def encode_transaction(txn: Transaction, *, in_process: bool = False) -> bytes | Carried:
+def encode_transaction(txn: Transaction, *, in_process: bool) -> bytes | Transaction: ...
+def encode_transaction(txn: Transaction, *, in_process: bool = False) -> bytes | Transaction:
     """The ``raw_transactions`` value of ``txn``.
 
     With ``in_process`` (as for :func:`encode_outcomes`), a transaction this process
-    validated is carried as itself: its reader gets ``txn``, and bytes only if it asks.
+    validated is carried as itself: ``txn`` is the value, its reader gets it, and it is
+    encoded (``bytes(txn)``) only if someone reads the message's bytes.
     """
     if in_process and _validated(txn):
-        return Carried(txn, _transaction_bytes)
+        return txn
     return _transaction_bytes(txn)
 
 
@@ -516,28 +516,25 @@ def encode_outcome(outcome: Outcome) -> bytes:
 @overload
 def encode_outcomes(outcomes: Iterable[Outcome]) -> list[bytes]: ...
 @overload
-def encode_outcomes(outcomes: Iterable[Outcome], *, in_process: bool) -> list[bytes | Carried]: ...
+def encode_outcomes(outcomes: Iterable[Outcome], *, in_process: bool) -> list[bytes | Outcome]: ...
 def encode_outcomes(
     outcomes: Iterable[Outcome], *, in_process: bool = False
-) -> list[bytes] | list[bytes | Carried]:
+) -> list[bytes] | list[bytes | Outcome]:
     """:func:`encode_outcome` of each; a transaction several of them share is encoded once (the
     engine's live and simulation outcomes of a batch share every transaction).
 
     With ``in_process`` (the values are read in this process: a memory bus), an outcome that
     would decode exactly as itself (type for type, its transaction one this process
-    validated) is carried as itself (:class:`~corepay.bus.Carried`): its readers get the
-    outcome rather than an equal copy, and it is encoded only if one asks for its bytes. So a
-    pipeline in one process encodes and decodes nothing that no one reads as bytes.
+    validated) is carried as itself: the outcome is the value, its readers get it rather than
+    an equal copy, and it is encoded (``bytes(outcome)``) only if one asks for the message's
+    bytes. So a pipeline in one process encodes and decodes nothing no one reads as bytes.
     """
     shared = _SharedTransactions()
     if not in_process:
         return [encode_json(shared.document(o)) for o in outcomes]
     plain: set[int] = set()  # Timings checked already (a path shares one across its batch)
     return [
-        Carried(o, encode_outcome)
-        if _decodes_as_itself(o, plain)
-        else encode_json(shared.document(o))
-        for o in outcomes
+        o if _decodes_as_itself(o, plain) else encode_json(shared.document(o)) for o in outcomes
     ]
 
 
@@ -589,13 +586,6 @@ def _plain_time(value: object) -> bool:
 def _validated(txn: Transaction) -> bool:
     """Whether this process validated ``txn`` itself (see :data:`_VALIDATED`)."""
     return _VALIDATED.get(id(txn)) is txn
-
-
-def _carried(data: Carried, kind: type[Outcome] | type[Transaction], what: str) -> Any:
-    """The object of ``kind`` that ``data`` carries."""
-    if not isinstance(data.obj, kind):
-        raise DecodeError(f"{what} expected, got {type(data.obj).__name__}")
-    return data.obj
 
 
 def encode_alert(alert: DivergenceAlert) -> bytes:
@@ -676,17 +666,19 @@ def _optional_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def decode_transaction(data: bytes | str | Carried) -> Transaction:
+def decode_transaction(data: bytes | str | SupportsBytes) -> Transaction:
     """Decode and validate a ``raw_transactions`` value (any producer may have written it).
 
-    A :class:`~corepay.bus.Carried` value (:attr:`~corepay.bus.Message.carried`) gives the
-    transaction it carries.
+    A transaction carried in this process (:attr:`~corepay.bus.Message.carried`) that this
+    process validated is itself; any other object carried is decoded from its bytes.
 
     Raises:
         DecodeError: not JSON, or not a valid transaction (the message lists the fields).
     """
-    if isinstance(data, Carried):
-        return _carried(data, Transaction, "a transaction")  # type: ignore[no-any-return]
+    if type(data) is Transaction and _validated(data):
+        return data
+    if not isinstance(data, bytes | str):
+        data = bytes(data)
     try:
         return parse_transaction(_message_json(data))
     except ValidationError as exc:
@@ -723,17 +715,20 @@ def _decoding(what: str, build: Callable[[Mapping[str, Any]], Any], data: Any) -
         raise DecodeError(f"{what} is malformed: {type(exc).__name__}: {exc}") from None
 
 
-def decode_outcome(data: bytes | str | Mapping[str, Any] | Carried) -> Outcome:
+def decode_outcome(data: bytes | str | Mapping[str, Any] | SupportsBytes) -> Outcome:
     """Decode a ``live_outcome`` or ``simulation_outcome`` value.
 
-    A :class:`~corepay.bus.Carried` value (:attr:`~corepay.bus.Message.carried`) gives the
-    outcome it carries.
+    An outcome carried in this process (:attr:`~corepay.bus.Message.carried`) is itself when
+    this process validated its transaction (as :func:`encode_outcomes` carries one); any other
+    object carried is decoded from its bytes.
 
     Raises:
         DecodeError: not an outcome in this wire format.
     """
-    if isinstance(data, Carried):
-        return _carried(data, Outcome, "an outcome")  # type: ignore[no-any-return]
+    if type(data) is Outcome and _validated(data.transaction):
+        return data
+    if not isinstance(data, bytes | str | Mapping):
+        data = bytes(data)
     return _decoding("outcome", _outcome_from, data)  # type: ignore[no-any-return]
 
 

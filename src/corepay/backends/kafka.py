@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, SupportsBytes
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka import TopicPartition as KafkaTopicPartition
@@ -54,7 +54,6 @@ from kafka.structs import OffsetAndMetadata
 from corepay.bus import (
     CHANGELOG_SUFFIX,
     Bus,
-    Carried,
     Consumer,
     Delivery,
     Message,
@@ -362,7 +361,7 @@ class KafkaBus(Bus):
         self,
         topic: str,
         key: str,
-        value: bytes | Carried,
+        value: bytes | SupportsBytes,
         headers: Mapping[str, str] | None = None,
         *,
         partition: int | None = None,

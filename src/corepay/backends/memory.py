@@ -17,8 +17,9 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import SupportsBytes
 
-from corepay.bus import Bus, Carried, Consumer, Delivery, Message, Record, TopicPartition
+from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
 from corepay.errors import CommitFailedError, ConfigurationError, ConflictError
 from corepay.models import Twin
 from corepay.store import TwinStore
@@ -90,8 +91,8 @@ class MemoryBus(Bus):
     def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
         records = list(records)
         for record in records:  # all or nothing, as on Kafka
-            if type(record.value) is not bytes and type(record.value) is not Carried:
-                self._check_value(record.value)  # (a subclass of either passes)
+            if type(record.value) is not bytes:
+                self._check_value(record.value)
             if record.partition is not None:
                 self._check_partition(record.topic, record.partition)
         if not records:
@@ -110,7 +111,7 @@ class MemoryBus(Bus):
         self,
         topic: str,
         key: str,
-        value: bytes | Carried,
+        value: bytes | SupportsBytes,
         headers: Mapping[str, str] | None = None,
         *,
         partition: int | None = None,
@@ -124,16 +125,17 @@ class MemoryBus(Bus):
 
     @staticmethod
     def _check_value(value: object) -> None:
-        if not isinstance(value, bytes | Carried):
+        if not isinstance(value, bytes) and not callable(getattr(type(value), "__bytes__", None)):
             raise TypeError(
-                f"value must be bytes, not {type(value).__name__} (or, on this bus, Carried)"
+                f"value must be bytes, not {type(value).__name__} (or, on this bus, an "
+                "object that encodes itself with __bytes__)"
             )
 
     def _append(
         self,
         topic: str,
         key: str,
-        value: bytes | Carried,
+        value: bytes | SupportsBytes,
         headers: Mapping[str, str] | None,
         partition: int | None,
         timestamp_ms: int,
