@@ -7,7 +7,7 @@ whether each of the targets for a 2-core machine is met. Parts:
 
 1. ``in_process``: generated payments through the whole pipeline in one process on the memory
    backends (100,000 by default): transactions per second, and latency from the ingestion
-   stamp to the detector's verdict (p50, p99), for batches of 500 and of 50.
+   stamp to the detector's verdict (p50, p99), for batches of 500, 50 and 25.
 2. ``baseline_python``: the same per-transaction work in a bare Python loop, no framework:
    parse and check the request, features, both models scored per batch with numpy, the
    simulated gateway, a dict twin per customer, the comparison. CorePay's overhead is the
@@ -491,7 +491,11 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    results["in_process"] = [in_process(n, 2000, 500), in_process(n // 5, 2000, 50)]
+    results["in_process"] = [
+        in_process(n, 2000, 500),
+        in_process(n // 5, 2000, 50),
+        in_process(n // 5, 2000, 25),
+    ]
     results["baseline_python"] = baseline_python(n, 2000, 500)
     results["overhead_vs_python"] = round(
         results["baseline_python"]["tps"] / results["in_process"][0]["tps"], 2
@@ -629,16 +633,19 @@ def _targets(r: dict[str, Any]) -> list[str]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    best = max(r["in_process"], key=lambda run: run["tps"])
+    # Both at once: the fastest run among those whose p99 is within the target (a bigger
+    # batch is faster, and every payment waits for its whole batch).
+    runs = r["in_process"]
+    within = [x for x in runs if x["latency_ms"]["p99"] <= TARGET_IN_PROCESS_P99_MS]
+    best = max(within or runs, key=lambda run: run["tps"])
     lines = [
         "",
         f"target in process: >= {TARGET_IN_PROCESS_TPS:,} txn/s with p99 <= "
-        f"{TARGET_IN_PROCESS_P99_MS:g} ms: best run {best['tps']:,.0f} txn/s, p99 "
-        f"{best['latency_ms']['p99']:.1f} ms (batch {best['batch_size']}): "
-        + verdict(
-            best["tps"] >= TARGET_IN_PROCESS_TPS
-            and best["latency_ms"]["p99"] <= TARGET_IN_PROCESS_P99_MS
-        ),
+        f"{TARGET_IN_PROCESS_P99_MS:g} ms: "
+        + ("fastest run within that p99" if within else "no run within that p99; fastest")
+        + f" {best['tps']:,.0f} txn/s, p99 {best['latency_ms']['p99']:.2f} ms "
+        f"(batch {best['batch_size']}): "
+        + verdict(bool(within) and best["tps"] >= TARGET_IN_PROCESS_TPS),
     ]
     k = r.get("kafka_pipeline")
     if k and "rates" in k:
