@@ -205,6 +205,24 @@ def test_a_busy_service_reports_its_lag_every_lag_interval_and_when_idle(
         assert _lag("engine", RAW_TRANSACTIONS) == [0.0] * PARTITIONS
 
 
+def test_partitions_taken_away_while_idle_are_no_longer_reported_at_the_next_poll() -> None:
+    with Pipeline(MemoryBus(partitions=PARTITIONS), seed=1, batch_size=10) as pipeline:
+        engine = pipeline.services[0]
+        engine.lag_interval = 3600.0
+        pipeline.submit_many(_requests(20, customers=20))
+        pipeline.drain()
+        assert _lag("engine", RAW_TRANSACTIONS) == [0.0] * PARTITIONS
+        other = pipeline.bus.consumer(engine.group, [RAW_TRANSACTIONS])  # takes some over
+        taken = other.assignment()
+
+        engine.poll_once(timeout=0.0)
+
+        lags = _lag("engine", RAW_TRANSACTIONS)
+        assert taken and all(lags[tp.partition] is None for tp in taken)
+        assert all(lags[tp.partition] == 0.0 for tp in engine.consumer.assignment())
+        other.close()
+
+
 def test_a_memory_consumer_reports_lag_per_owned_partition() -> None:
     bus = MemoryBus(partitions=2)
     for i in range(7):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import attrs
 import pytest
 
 from corepay import MemoryBus, MemoryTwinStore, Pipeline, TrafficGenerator
@@ -33,7 +35,7 @@ from corepay.services.runner import ConsumerService, Handled
 from corepay.services.twin import TwinService
 from corepay.settings import Settings
 from corepay.twin import TwinPolicy
-from corepay.wire import decode_alert, encode_outcome
+from corepay.wire import decode_alert, encode_outcome, parse_transaction, transaction_to_wire
 from test_divergence import _outcome
 
 
@@ -291,6 +293,30 @@ def test_a_message_that_keeps_failing_is_dead_lettered_alone_with_where_it_came_
     assert dead.headers["corepay-source-offset"] == "1"
     assert "cannot digest poison" in dead.headers["corepay-error"]
     assert bus.committed("echo")[("in", 0)] == 3
+
+
+@pytest.mark.parametrize("as_object", [False, True], ids=["as bytes", "as an object"])
+def test_an_outcome_whose_bytes_do_not_decode_is_dead_lettered_however_published(
+    as_object: bool,
+) -> None:
+    # JSON has no infinity: written as null, it does not decode as a number.
+    bad = _outcome("t-inf", "cust-1", Path.LIVE, Decision.APPROVE)
+    bad = attrs.evolve(
+        bad,
+        # Its transaction validated here, as the engine's are.
+        transaction=parse_transaction(transaction_to_wire(bad.transaction)),
+        timings=attrs.evolve(bad.timings, elapsed_ms=math.inf),
+    )
+    bus, store = MemoryBus(partitions=1), MemoryTwinStore()
+    service = TwinService(bus, store)
+
+    bus.publish(LIVE_OUTCOME, bad.customer_id, bad if as_object else bytes(bad))
+    while service.poll_once(0):
+        pass
+
+    [dead] = bus.messages(dead_letter_topic(LIVE_OUTCOME))
+    assert dead.value == bytes(bad) and "outcome is malformed" in dead.headers["corepay-error"]
+    assert store.get(bad.customer_id) is None
 
 
 class _FailsOnceBus(MemoryBus):

@@ -25,6 +25,7 @@ from corepay.wire import (
     TRANSACTION_FIELDS,
     TwinDecoder,
     alert_to_wire,
+    carry,
     decode_alert,
     decode_outcome,
     decode_transaction,
@@ -696,6 +697,7 @@ def test_outcomes_as_the_engine_decides_them_are_carried() -> None:
     (value,) = encode_outcomes([outcome], in_process=True)
 
     assert value is outcome
+    assert carry(value, set()) is outcome
     assert decode_outcome(value) is outcome
 
 
@@ -730,7 +732,7 @@ def test_outcomes_encoded_for_other_processes_are_decoded_anew(outcome: Any) -> 
     ],
     ids=repr,
 )
-def test_an_outcome_that_would_not_decode_exactly_as_itself_is_decoded_as_any_other(
+def test_an_outcome_that_would_not_decode_exactly_as_itself_is_never_carried(
     change: dict[str, Any],
 ) -> None:
     outcome = _plain_outcome()
@@ -743,13 +745,12 @@ def test_an_outcome_that_would_not_decode_exactly_as_itself_is_decoded_as_any_ot
     odd = attrs.evolve(outcome, **fields)
 
     try:
-        (value,) = encode_outcomes([odd], in_process=True)
+        value = carry(odd, set())
     except TypeError:
-        return  # orjson cannot write it at all: nothing to carry
-    decoded = _decoded_or_error(value.decode())
-
-    assert type(value) is bytes  # encoded at once, so read as any other value
-    assert _decoded_or_error(value) == decoded  # the same outcome, or the same refusal
+        return  # orjson cannot write it at all: refused at publish, as any bus refuses it
+    assert type(value) is bytes and value == bytes(odd)  # encoded at once
+    # Handed to decode_outcome as an object, it is what its bytes give, not itself.
+    assert _decoded_or_error(odd) == _decoded_or_error(value)
 
 
 def test_outcomes_sharing_timings_are_carried_only_if_those_decode_as_themselves() -> None:
@@ -764,12 +765,14 @@ def test_outcomes_sharing_timings_are_carried_only_if_those_decode_as_themselves
         attrs.evolve(plain, model_version="m3", timings=paris),
     ]
 
-    values = encode_outcomes(outcomes, in_process=True)
+    checked: set[int] = set()
+
+    values = [carry(v, checked) for v in encode_outcomes(outcomes, in_process=True)]
 
     assert [type(v) for v in values] == [Outcome, Outcome, bytes, bytes]
 
 
-def _decoded_or_error(value: bytes | str) -> Any:
+def _decoded_or_error(value: Any) -> Any:
     try:
         return repr(decode_outcome(value))
     except DecodeError as exc:
@@ -846,3 +849,8 @@ def test_an_object_published_as_is_is_read_as_itself_only_once_validated_here() 
     with pytest.raises(DecodeError, match="amount"):
         decode_outcome(attrs.evolve(outcome, transaction=broken))
     assert decode_transaction(txn) is txn  # validated here: itself
+    # Its transaction validated here, but itself not what decoding its bytes gives.
+    listed = _plain_outcome(reasons=["HIGH_RISK_SCORE"])
+    assert decode_outcome(listed).reasons == ("HIGH_RISK_SCORE",)
+    with pytest.raises(DecodeError, match="outcome object cannot be encoded"):
+        decode_outcome(_plain_outcome(decision="APPROVE"))  # a str, not a Decision

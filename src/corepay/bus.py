@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from types import MappingProxyType, TracebackType
+from types import TracebackType
 from typing import NamedTuple, Self, SupportsBytes
 
 import attrs
@@ -59,10 +59,6 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
-#: One empty mapping for every record without headers (most of them), read-only.
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
-
-
 def _bytes_of(value: bytes | SupportsBytes) -> bytes:
     return value if type(value) is bytes else bytes(value)
 
@@ -79,7 +75,7 @@ class Record:
     topic: str
     key: str
     value: bytes | SupportsBytes
-    headers: Mapping[str, str] = _NO_HEADERS
+    headers: Mapping[str, str] = attrs.field(factory=dict)
     partition: int | None = None
 
 
@@ -92,20 +88,20 @@ class Delivery:
     offset: int
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Message:
     """A message as a consumer receives it.
 
     Its ``value`` is bytes, however it was published. On a bus in this process, a value
-    published as an object (see :attr:`Bus.in_process`) is :attr:`carried` as itself, and
-    encoded (``bytes(obj)``) only when ``value`` is first read.
+    published as an object (see :attr:`Bus.in_process`) may be :attr:`carried` as itself,
+    and is then encoded (``bytes(obj)``) only when ``value`` is first read.
     """
 
     topic: str
     partition: int
     offset: int
     key: str
-    _value: bytes | SupportsBytes = attrs.field(eq=_bytes_of, repr=_bytes_of)  # type: ignore[arg-type]
+    _value: bytes | SupportsBytes = attrs.field(eq=_bytes_of)
     headers: Mapping[str, str]
     timestamp_ms: int
     _encoded: bytes | None = attrs.field(default=None, init=False, eq=False, repr=False)
@@ -123,9 +119,16 @@ class Message:
 
     @property
     def carried(self) -> SupportsBytes | None:
-        """The object published, when it was published as one in this process."""
+        """The object published, when a bus in this process carries it as itself."""
         value = self._value
         return None if type(value) is bytes else value
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(topic={self.topic!r}, partition={self.partition!r}, "
+            f"offset={self.offset!r}, key={self.key!r}, value={self.value!r}, "
+            f"headers={self.headers!r}, timestamp_ms={self.timestamp_ms!r})"
+        )
 
     @property
     def topic_partition(self) -> TopicPartition:
@@ -199,10 +202,10 @@ class Bus(ABC):
     """A partitioned, keyed message bus (Kafka, or its in-memory equivalent)."""
 
     #: Whether every consumer of this bus is in this process (the memory bus): it then takes
-    #: in place of bytes an immutable object that encodes itself (``bytes(obj)``, such as a
-    #: :class:`~corepay.models.Transaction` or an :class:`~corepay.models.Outcome`), so that
-    #: one service hands the next the object itself, encoded only if someone reads its bytes
-    #: (see :func:`corepay.wire.encode_outcomes`). Any other bus refuses one (``TypeError``).
+    #: in place of bytes an object that encodes itself (``bytes(obj)``), and keeps a
+    #: transaction or outcome that :func:`corepay.wire.carry` vouches for as itself, so that
+    #: one service hands the next the object, encoded only if someone reads its bytes; it
+    #: encodes any other object at once. Any other bus refuses one (``TypeError``).
     in_process: bool = False
 
     @abstractmethod

@@ -18,6 +18,7 @@ from typing import Any, SupportsBytes, overload
 import orjson
 import pycountry
 
+from corepay.bus import Message
 from corepay.errors import DecodeError, FieldError, ValidationError
 from corepay.models import (
     AlertKind,
@@ -501,8 +502,7 @@ def encode_transaction(txn: Transaction, *, in_process: bool = False) -> bytes |
     """The ``raw_transactions`` value of ``txn``.
 
     With ``in_process`` (as for :func:`encode_outcomes`), a transaction this process
-    validated is carried as itself: ``txn`` is the value, its reader gets it, and it is
-    encoded (``bytes(txn)``) only if someone reads the message's bytes.
+    validated is the value itself, for a bus in this process to carry (:func:`carry`).
     """
     if in_process and _validated(txn):
         return txn
@@ -523,19 +523,36 @@ def encode_outcomes(
     """:func:`encode_outcome` of each; a transaction several of them share is encoded once (the
     engine's live and simulation outcomes of a batch share every transaction).
 
-    With ``in_process`` (the values are read in this process: a memory bus), an outcome that
-    would decode exactly as itself (type for type, its transaction one this process
-    validated) is carried as itself: the outcome is the value, its readers get it rather than
-    an equal copy, and it is encoded (``bytes(outcome)``) only if one asks for the message's
-    bytes. So a pipeline in one process encodes and decodes nothing no one reads as bytes.
+    With ``in_process`` (the values are read in this process: a memory bus), each outcome is
+    the value itself, for the bus to carry (:func:`carry`): its readers get the outcome rather
+    than an equal copy, and it is encoded (``bytes(outcome)``) only if one asks for the
+    message's bytes. So a pipeline in one process encodes and decodes nothing no one reads as
+    bytes. (An outcome of a subclass of ``Outcome`` is encoded here.)
     """
     shared = _SharedTransactions()
     if not in_process:
         return [encode_json(shared.document(o)) for o in outcomes]
-    plain: set[int] = set()  # Timings checked already (a path shares one across its batch)
-    return [
-        o if _decodes_as_itself(o, plain) else encode_json(shared.document(o)) for o in outcomes
-    ]
+    return [o if type(o) is Outcome else encode_json(shared.document(o)) for o in outcomes]
+
+
+def carry(value: bytes | SupportsBytes, checked: set[int]) -> bytes | Transaction | Outcome:
+    """What a bus in this process keeps of a value published: bytes as they are; as itself, a
+    transaction this process validated or an outcome that would decode exactly as itself
+    (type for type, its transaction one this process validated), to be encoded only if
+    someone reads the message's bytes; any other object encoded now, so that what cannot be
+    encoded is refused at publish, as on any bus. ``checked``: ids of Timings found to
+    decode as themselves already, for the values of one publish (this adds to it).
+
+    Raises:
+        Exception: whatever encoding the object raises.
+    """
+    if type(value) is bytes:
+        return value
+    if type(value) is Transaction and _validated(value):
+        return value
+    if type(value) is Outcome and _decodes_as_itself(value, checked):
+        return value
+    return bytes(value)
 
 
 def _decodes_as_itself(outcome: Outcome, plain: set[int]) -> bool:
@@ -669,8 +686,8 @@ def _optional_time(value: str | None) -> datetime | None:
 def decode_transaction(data: bytes | str | SupportsBytes) -> Transaction:
     """Decode and validate a ``raw_transactions`` value (any producer may have written it).
 
-    A transaction carried in this process (:attr:`~corepay.bus.Message.carried`) that this
-    process validated is itself; any other object carried is decoded from its bytes.
+    A transaction object is itself if this process validated it, and is otherwise checked
+    as its bytes would be.
 
     Raises:
         DecodeError: not JSON, or not a valid transaction (the message lists the fields).
@@ -678,7 +695,7 @@ def decode_transaction(data: bytes | str | SupportsBytes) -> Transaction:
     if type(data) is Transaction and _validated(data):
         return data
     if not isinstance(data, bytes | str):
-        data = bytes(data)
+        data = _bytes_of(data, "transaction")
     try:
         return parse_transaction(_message_json(data))
     except ValidationError as exc:
@@ -718,18 +735,39 @@ def _decoding(what: str, build: Callable[[Mapping[str, Any]], Any], data: Any) -
 def decode_outcome(data: bytes | str | Mapping[str, Any] | SupportsBytes) -> Outcome:
     """Decode a ``live_outcome`` or ``simulation_outcome`` value.
 
-    An outcome carried in this process (:attr:`~corepay.bus.Message.carried`) is itself when
-    this process validated its transaction (as :func:`encode_outcomes` carries one); any other
-    object carried is decoded from its bytes.
+    An outcome object is itself if it would decode exactly as itself (see :func:`carry`), and
+    is otherwise decoded from its bytes.
 
     Raises:
         DecodeError: not an outcome in this wire format.
     """
-    if type(data) is Outcome and _validated(data.transaction):
+    if type(data) is Outcome and _decodes_as_itself(data, set()):
         return data
     if not isinstance(data, bytes | str | Mapping):
-        data = bytes(data)
+        data = _bytes_of(data, "outcome")
     return _decoding("outcome", _outcome_from, data)  # type: ignore[no-any-return]
+
+
+def _bytes_of(data: SupportsBytes, what: str) -> bytes:
+    try:
+        return bytes(data)
+    except Exception as exc:  # whatever the object's own encoding raises
+        raise DecodeError(f"{what} object cannot be encoded: {type(exc).__name__}: {exc}") from None
+
+
+def transaction_of(message: Message) -> Transaction:
+    """The transaction a ``raw_transactions`` message holds: the one a bus in this process
+    carried (:func:`carry` vouched for it), or its value decoded (:func:`decode_transaction`).
+    """
+    carried = message.carried
+    return carried if type(carried) is Transaction else decode_transaction(message.value)
+
+
+def outcome_of(message: Message) -> Outcome:
+    """The outcome an outcome message holds: the one a bus in this process carried
+    (:func:`carry` vouched for it), or its value decoded (:func:`decode_outcome`)."""
+    carried = message.carried
+    return carried if type(carried) is Outcome else decode_outcome(message.value)
 
 
 def _alert_from(d: Mapping[str, Any]) -> DivergenceAlert:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 
+from corepay import wire
 from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
 from corepay.errors import CommitFailedError, ConfigurationError
 
@@ -583,8 +584,26 @@ class _Encodes:
         return f"encoded {self.text}".encode()
 
 
-def test_an_object_is_carried_only_by_a_bus_in_this_process_and_encoded_once_read(
-    bus_factory: BusFactory, fresh_name: Names
+class _CannotEncode:
+    def __bytes__(self) -> bytes:
+        raise ValueError("this object has no bytes")
+
+
+_TXN = {
+    "transaction_id": "txn-carried",
+    "customer_id": "cust-carried",
+    "amount": "12.50",
+    "currency": "EUR",
+    "merchant_id": "m-1",
+    "merchant_category": "5411",
+    "country": "DE",
+    "channel": "pos",
+    "timestamp": "2026-11-24T09:30:00Z",
+}
+
+
+def test_only_a_bus_in_this_process_takes_an_object_and_carries_what_wire_vouches_for(
+    bus_factory: BusFactory, fresh_name: Names, monkeypatch: pytest.MonkeyPatch
 ):
     bus = bus_factory()
     topic = new_topic(bus, fresh_name)
@@ -597,18 +616,30 @@ def test_an_object_is_carried_only_by_a_bus_in_this_process_and_encoded_once_rea
         return
     with pytest.raises(TypeError, match="value must be bytes, not str"):
         bus.publish(topic, "k", "text")  # type: ignore[arg-type]  # (no __bytes__)
+    with pytest.raises(ValueError, match="this object has no bytes"):
+        bus.publish_many([Record(topic, "k", b"fine"), Record(topic, "k", _CannotEncode())])
+    assert bus.replay(topic, range(bus_factory.partitions)) == []  # refused whole, at publish
+    # An object wire does not vouch for is encoded as it is published.
     bus.publish(topic, "k", obj)
+    assert obj.encoded == 1
+    # A transaction this process validated is carried, and encoded once, when first read.
+    encodings: list[object] = []
+    encode = wire.encode_transaction
+    monkeypatch.setattr(wire, "encode_transaction", lambda t: encodings.append(t) or encode(t))
+    txn = wire.parse_transaction(_TXN)
+    bus.publish(topic, "k", txn)
     consumer = bus_factory.consumer(bus, fresh_name("group"), [topic])
-    (message,) = poll_until(consumer, 1, bus_factory.deadline())
+    (mine, message) = poll_until(consumer, 2, bus_factory.deadline())
 
-    assert message.carried is obj
-    assert obj.encoded == 0  # nothing encoded until its bytes are read
-    assert message.value == b"encoded x" == message.value
-    assert obj.encoded == 1  # and then once
-    (replayed,) = bus.replay(topic, [message.partition])
-    assert replayed == message and replayed.value == b"encoded x"
+    assert mine.carried is None and mine.value == b"encoded x"
+    assert message.carried is txn
+    assert encodings == []  # nothing encoded until its bytes are read
+    assert message.value == encode(txn) == message.value
+    assert encodings == [txn]  # and then once
+    (_, replayed) = bus.replay(topic, [message.partition])
+    assert replayed == message and replayed.value == encode(txn)
     plain = Message(
-        topic, message.partition, message.offset, "k", b"encoded x", {}, message.timestamp_ms
+        topic, message.partition, message.offset, "k", encode(txn), {}, message.timestamp_ms
     )
     assert plain.carried is None
     assert plain == message and repr(plain) == repr(message)  # as bytes, however published

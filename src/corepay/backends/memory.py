@@ -23,7 +23,7 @@ from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
 from corepay.errors import CommitFailedError, ConfigurationError, ConflictError
 from corepay.models import Twin
 from corepay.store import TwinStore
-from corepay.wire import encode_twin
+from corepay.wire import carry, encode_twin
 
 __all__ = ["MemoryBus", "MemoryTwinStore", "partition_for"]
 
@@ -90,9 +90,14 @@ class MemoryBus(Bus):
 
     def publish_many(self, records: Iterable[Record]) -> list[Delivery]:
         records = list(records)
+        values: list[bytes | SupportsBytes] = []
+        checked: set[int] = set()
         for record in records:  # all or nothing, as on Kafka
-            if type(record.value) is not bytes:
-                self._check_value(record.value)
+            value = record.value
+            if type(value) is not bytes:
+                self._check_value(value)
+                value = carry(value, checked)
+            values.append(value)
             if record.partition is not None:
                 self._check_partition(record.topic, record.partition)
         if not records:
@@ -101,8 +106,8 @@ class MemoryBus(Bus):
         timestamp_ms = int(time.time() * 1000)
         with self._lock:
             deliveries = [
-                self._append(r.topic, r.key, r.value, r.headers, r.partition, timestamp_ms)
-                for r in records
+                self._append(r.topic, r.key, v, r.headers, r.partition, timestamp_ms)
+                for r, v in zip(records, values, strict=True)
             ]
             self._lock.notify_all()
         return deliveries
@@ -117,6 +122,7 @@ class MemoryBus(Bus):
         partition: int | None = None,
     ) -> Delivery:
         self._check_value(value)
+        value = carry(value, set())
         self._check_partition(topic, partition)
         with self._lock:
             delivery = self._append(topic, key, value, headers, partition, int(time.time() * 1000))

@@ -27,7 +27,7 @@ from corepay.models import Outcome
 from corepay.observability import DIVERGENCES
 from corepay.recent import Recent
 from corepay.services.runner import ConsumerService, Handled, dead_letter
-from corepay.wire import decode_outcome, encode_alert, encode_json
+from corepay.wire import encode_alert, encode_json, outcome_of
 
 __all__ = ["DETECTOR_CHANGELOG", "DetectorService"]
 
@@ -110,7 +110,7 @@ class DetectorService(ConsumerService):
                 tp = message.topic_partition  # a batch comes in runs of one partition
             self._next[tp] = message.offset + 1
             try:
-                outcome = decode_outcome(message.carried or message.value)
+                outcome = outcome_of(message)
             except DecodeError as exc:
                 records.append(dead_letter(message, str(exc)))
                 continue

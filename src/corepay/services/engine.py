@@ -16,7 +16,7 @@ from corepay.scoring import DecisionPolicy
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.settings import Settings
 from corepay.twin_client import TwinClient
-from corepay.wire import decode_transaction, encode_outcomes
+from corepay.wire import encode_outcomes, transaction_of
 
 __all__ = ["EngineService", "build_engine"]
 
@@ -50,7 +50,7 @@ class EngineService(ConsumerService):
         read: dict[str | None, datetime | None] = {}  # a batch ingested together shares one
         for message in messages:
             try:
-                txns.append(decode_transaction(message.carried or message.value))
+                txns.append(transaction_of(message))
             except DecodeError as exc:
                 records.append(dead_letter(message, str(exc)))
                 continue

@@ -188,6 +188,7 @@ class ConsumerService(ABC):
             if messages:
                 self._count(MESSAGES_CONSUMED, (m.topic for m in messages))
                 self._read_since_lag = True
+            self._drop_revoked()
             now = time.monotonic()
             # Caught up, the lag is what it was at the last idle poll unless something was
             # read since: an in-process pipeline polls idle after every batch.
@@ -197,7 +198,6 @@ class ConsumerService(ABC):
                 self._lag_reported_at = now
                 self._read_since_lag = False
                 self._report_lag()
-            self._drop_revoked()
         try:
             # A batch handled but not yet published is not handled again: handling changed
             # the service's state (a detector's pairs), so only the publish is retried.
@@ -371,6 +371,7 @@ class ConsumerService(ABC):
             self._safe.pop(tp, None)
             self._sent.pop(tp, None)
         if revoked:
+            self._read_since_lag = True  # the lag of what it owns now is to be reported
             self.on_revoked(revoked)
 
     def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:  # noqa: B027

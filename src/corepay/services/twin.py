@@ -18,7 +18,7 @@ from corepay.observability import TWIN_UPDATE_CONFLICTS
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.store import TwinStore
 from corepay.twin import TwinPolicy, apply_outcomes
-from corepay.wire import decode_outcome
+from corepay.wire import outcome_of
 
 __all__ = ["TwinService", "update_twin"]
 
@@ -143,7 +143,7 @@ class TwinService(ConsumerService):
         by_customer: dict[str, list[Outcome]] = defaultdict(list)
         for message in messages:
             try:
-                outcome = decode_outcome(message.carried or message.value)
+                outcome = outcome_of(message)
                 if outcome.path is not Path.LIVE:
                     raise DecodeError(f"a {outcome.path.value} outcome on {LIVE_OUTCOME}")
             except DecodeError as exc:
