@@ -174,11 +174,12 @@ def apply_in_batches(
     st.integers(0, 12),
     st.sampled_from(Decision),
     st.integers(1, 8),
+    st.integers(1, 14),
 )
 def test_a_projected_twin_is_the_twin_its_payments_would_make(
-    outcomes: list[Outcome], split: int, decision: Decision, history_size: int
+    outcomes: list[Outcome], split: int, decision: Decision, history_size: int, window: int
 ) -> None:
-    policy = TwinPolicy(history_size=history_size)
+    policy = TwinPolicy(history_size=history_size, dedup_window=window)
     twin = apply_outcomes(None, outcomes[:split], policy)
     ahead = [o.transaction for o in outcomes[split:]]
 
