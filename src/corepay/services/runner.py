@@ -140,7 +140,7 @@ class ConsumerService(ABC):
         self._attempts = 0
         self._backoff = 0.0
         self.processed = 0
-        self._lag_reported: set[TopicPartition] = set()
+        self._lag_reported: dict[TopicPartition, int] = {}  # what each gauge was set to
         self._lag_reported_at = -math.inf
         self._read_since_lag = True  # messages read since the lag was last reported
         # Per partition: the offset safe to commit (past what was handled, or what the service
@@ -308,11 +308,14 @@ class ConsumerService(ABC):
         lag = self.consumer.lag()
         if lag is None:
             return
-        for tp in self._lag_reported - lag.keys():
+        if lag == self._lag_reported:
+            return  # (caught up, it is all zeros again and again)
+        for tp in self._lag_reported.keys() - lag.keys():
             self._forget_lag(tp)  # a partition this member no longer owns
         for tp, waiting in lag.items():
-            labelled(CONSUMER_LAG, self.service, tp.topic, str(tp.partition)).set(waiting)
-        self._lag_reported = set(lag)
+            if self._lag_reported.get(tp) != waiting:
+                labelled(CONSUMER_LAG, self.service, tp.topic, str(tp.partition)).set(waiting)
+        self._lag_reported = dict(lag)
 
     def _forget_lag(self, tp: TopicPartition) -> None:
         forget_labelled(CONSUMER_LAG, self.service, tp.topic, str(tp.partition))
@@ -430,7 +433,7 @@ class ConsumerService(ABC):
         log.info("%s: leaving the group, %d messages handled", self.group, self.processed)
         for tp in self._lag_reported:
             self._forget_lag(tp)
-        self._lag_reported = set()
+        self._lag_reported = {}
         try:
             self._commit_handled(time.monotonic())
         finally:
