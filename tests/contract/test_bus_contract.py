@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 
-from corepay import wire
+from corepay import TrafficGenerator, wire
 from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
 from corepay.errors import CommitFailedError, ConfigurationError
 
@@ -589,19 +589,6 @@ class _CannotEncode:
         raise ValueError("this object has no bytes")
 
 
-_TXN = {
-    "transaction_id": "txn-carried",
-    "customer_id": "cust-carried",
-    "amount": "12.50",
-    "currency": "EUR",
-    "merchant_id": "m-1",
-    "merchant_category": "5411",
-    "country": "DE",
-    "channel": "pos",
-    "timestamp": "2026-11-24T09:30:00Z",
-}
-
-
 def test_only_a_bus_in_this_process_takes_an_object_and_carries_what_wire_vouches_for(
     bus_factory: BusFactory, fresh_name: Names, monkeypatch: pytest.MonkeyPatch
 ):
@@ -626,7 +613,7 @@ def test_only_a_bus_in_this_process_takes_an_object_and_carries_what_wire_vouche
     encodings: list[object] = []
     encode = wire.encode_transaction
     monkeypatch.setattr(wire, "encode_transaction", lambda t: encodings.append(t) or encode(t))
-    txn = wire.parse_transaction(_TXN)
+    txn = wire.parse_transaction(next(TrafficGenerator(customers=1).requests(1)))
     bus.publish(topic, "k", txn)
     consumer = bus_factory.consumer(bus, fresh_name("group"), [topic])
     (mine, message) = poll_until(consumer, 2, bus_factory.deadline())

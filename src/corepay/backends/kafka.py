@@ -51,15 +51,7 @@ from kafka.errors import (
 from kafka.partitioner.default import DefaultPartitioner, murmur2
 from kafka.structs import OffsetAndMetadata
 
-from corepay.bus import (
-    CHANGELOG_SUFFIX,
-    Bus,
-    Consumer,
-    Delivery,
-    Message,
-    Record,
-    TopicPartition,
-)
+from corepay.bus import CHANGELOG_SUFFIX, Bus, Consumer, Delivery, Message, Record, TopicPartition
 from corepay.errors import (
     BackendTimeoutError,
     CommitFailedError,
