@@ -50,6 +50,7 @@ from corepay.observability import (
 )
 from corepay.paths import DecisionPath
 from corepay.services.detector import DETECTOR_CHANGELOG
+from corepay.services.runner import ConsumerService, Handled
 
 PARTITIONS = 4
 
@@ -221,6 +222,46 @@ def test_partitions_taken_away_while_idle_are_no_longer_reported_at_the_next_pol
         assert taken and all(lags[tp.partition] is None for tp in taken)
         assert all(lags[tp.partition] == 0.0 for tp in engine.consumer.assignment())
         other.close()
+
+
+def test_a_partition_one_member_hands_to_another_in_this_process_keeps_its_gauge() -> None:
+    # Both members report into the same series: the one that loses a partition removes
+    # it, and the one that takes it over must set it again though its lag did not change.
+    bus = MemoryBus(partitions=2)
+    bus.ensure_topics(["lag-moved"])
+
+    class _Idle(ConsumerService):
+        group, topics, service = "lag-moved", ("lag-moved",), "lag-moved"
+
+        def handle(self, messages: Sequence[Message]) -> Handled:
+            return Handled([])
+
+    def gauges() -> list[float | None]:
+        labels = {"service": "lag-moved", "topic": "lag-moved"}
+        return [
+            REGISTRY.get_sample_value("corepay_consumer_lag", {**labels, "partition": str(p)})
+            for p in range(2)
+        ]
+
+    first = _Idle(bus)
+    first.lag_interval = 3600.0
+    for p in (0, 1):
+        bus.publish("lag-moved", "k", b"x", partition=p)
+    while first.poll_once(timeout=0.0):
+        pass
+    assert gauges() == [0.0, 0.0]
+    second = _Idle(bus)  # takes partition 1 over
+    second.lag_interval = 3600.0
+    second.poll_once(timeout=0.0)
+    first.poll_once(timeout=0.0)  # gives partition 1 up: its series goes
+    assert gauges()[1] is None
+
+    second.poll_once(timeout=0.0)
+    second.poll_once(timeout=0.0)
+
+    assert gauges() == [0.0, 0.0]
+    first.close()
+    second.close()
 
 
 def test_a_memory_consumer_reports_lag_per_owned_partition() -> None:

@@ -720,6 +720,11 @@ def test_outcomes_encoded_for_other_processes_are_decoded_anew(outcome: Any) -> 
         {"reasons": (Decision.DECLINE,)},  # a str of a subclass comes back a plain str
         {"twin_lag": math.nan},
         {"twin_version": True},
+        {"twin_version": 2**70},  # orjson writes 64 bits at most
+        {"twin_lag": -(2**64)},
+        {"reasons": ("\ud800",)},  # a lone surrogate: no UTF-8 for it
+        {"model_version": "m\udfff"},
+        {"error": "\ud800 lost"},
         {"timings": {"elapsed_ms": math.inf}},
         {"timings": {"gateway_ms": math.inf}},
         {"timings": {"elapsed_ms": 1}},

@@ -147,10 +147,22 @@ def labelled(metric: MetricWrapperBase, *values: str) -> Any:
 
 def forget_labelled(metric: MetricWrapperBase, *values: str) -> None:
     """Remove a series (``metric.remove``) and what :func:`labelled` kept of it."""
+    global _FORGOTTEN
+    _FORGOTTEN += 1
     _LABELLED.pop((id(metric), values), None)
     with contextlib.suppress(KeyError):
         metric.remove(*values)
 
+
+def forgotten() -> int:
+    """How many series :func:`forget_labelled` has removed in this process: a reporter that
+    sets only what changed sets everything again once this moves (another reporter of the
+    same series, such as a second member of a service in this process, may have removed
+    one it still reports)."""
+    return _FORGOTTEN
+
+
+_FORGOTTEN = 0
 
 #: Series looked up by :func:`labelled`: a few per service, stage, topic and partition.
 _LABELLED: dict[tuple[int, tuple[str, ...]], Any] = {}

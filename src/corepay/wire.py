@@ -552,7 +552,9 @@ def carry(value: bytes | SupportsBytes, checked: set[int]) -> bytes | Transactio
         return value
     if type(value) is Outcome and _decodes_as_itself(value, checked):
         return value
-    return bytes(value)
+    encoded = bytes(value)
+    # (``bytes()`` passes a subclass of bytes from ``__bytes__`` through as it is.)
+    return encoded if type(encoded) is bytes else bytes(memoryview(encoded))
 
 
 def _decodes_as_itself(outcome: Outcome, plain: set[int]) -> bool:
@@ -566,12 +568,12 @@ def _decodes_as_itself(outcome: Outcome, plain: set[int]) -> bool:
         and type(outcome.decision) is Decision
         and _plain_number(outcome.score)
         and type(outcome.reasons) is tuple
-        and all(type(r) is str for r in outcome.reasons)
-        and type(outcome.model_version) is str
-        and (outcome.twin_version is None or type(outcome.twin_version) is int)
-        and (outcome.twin_lag is None or type(outcome.twin_lag) is int)
+        and all(_plain_text(r) for r in outcome.reasons)
+        and _plain_text(outcome.model_version)
+        and (outcome.twin_version is None or _plain_int(outcome.twin_version))
+        and (outcome.twin_lag is None or _plain_int(outcome.twin_lag))
         and (outcome.fresh_decision is None or type(outcome.fresh_decision) is Decision)
-        and (outcome.error is None or type(outcome.error) is str)
+        and (outcome.error is None or _plain_text(outcome.error))
         and (id(outcome.timings) in plain or _plain_timings(outcome.timings, plain))
     )
 
@@ -588,6 +590,24 @@ def _plain_timings(timings: Timings, plain: set[int]) -> bool:
         return False
     plain.add(id(timings))  # (the outcome holds it, so the id is not reused meanwhile)
     return True
+
+
+def _plain_text(value: object) -> bool:
+    # A str (not a subclass) that JSON can carry: UTF-8 has no lone surrogates.
+    if type(value) is not str:
+        return False
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _plain_int(value: object) -> bool:
+    # orjson writes integers of 64 bits (signed, or unsigned) and refuses larger ones.
+    return type(value) is int and -(2**63) <= value < 2**64
 
 
 def _plain_number(value: object) -> bool:

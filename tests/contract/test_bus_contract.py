@@ -589,6 +589,15 @@ class _CannotEncode:
         raise ValueError("this object has no bytes")
 
 
+class _OddBytes(bytes):
+    """Bytes of a subclass, which bytes() passes through from __bytes__ as they are."""
+
+
+class _EncodesOdd:
+    def __bytes__(self) -> bytes:
+        return _OddBytes(b"odd")
+
+
 def test_only_a_bus_in_this_process_takes_an_object_and_carries_what_wire_vouches_for(
     bus_factory: BusFactory, fresh_name: Names, monkeypatch: pytest.MonkeyPatch
 ):
@@ -606,9 +615,10 @@ def test_only_a_bus_in_this_process_takes_an_object_and_carries_what_wire_vouche
     with pytest.raises(ValueError, match="this object has no bytes"):
         bus.publish_many([Record(topic, "k", b"fine"), Record(topic, "k", _CannotEncode())])
     assert bus.replay(topic, range(bus_factory.partitions)) == []  # refused whole, at publish
-    # An object wire does not vouch for is encoded as it is published.
+    # An object wire does not vouch for is encoded as it is published, to plain bytes.
     bus.publish(topic, "k", obj)
     assert obj.encoded == 1
+    bus.publish(topic, "k", _EncodesOdd())
     # A transaction this process validated is carried, and encoded once, when first read.
     encodings: list[object] = []
     encode = wire.encode_transaction
@@ -616,14 +626,15 @@ def test_only_a_bus_in_this_process_takes_an_object_and_carries_what_wire_vouche
     txn = wire.parse_transaction(next(TrafficGenerator(customers=1).requests(1)))
     bus.publish(topic, "k", txn)
     consumer = bus_factory.consumer(bus, fresh_name("group"), [topic])
-    (mine, message) = poll_until(consumer, 2, bus_factory.deadline())
+    (mine, odd, message) = poll_until(consumer, 3, bus_factory.deadline())
 
     assert mine.carried is None and mine.value == b"encoded x"
+    assert odd.carried is None and type(odd.value) is bytes and odd.value == b"odd"
     assert message.carried is txn
     assert encodings == []  # nothing encoded until its bytes are read
     assert message.value == encode(txn) == message.value
     assert encodings == [txn]  # and then once
-    (_, replayed) = bus.replay(topic, [message.partition])
+    (_, _, replayed) = bus.replay(topic, [message.partition])
     assert replayed == message and replayed.value == encode(txn)
     plain = Message(
         topic, message.partition, message.offset, "k", encode(txn), {}, message.timestamp_ms

@@ -21,6 +21,7 @@ from corepay.observability import (
     MESSAGES_CONSUMED,
     MESSAGES_PRODUCED,
     forget_labelled,
+    forgotten,
     labelled,
     timed,
 )
@@ -141,6 +142,7 @@ class ConsumerService(ABC):
         self._backoff = 0.0
         self.processed = 0
         self._lag_reported: dict[TopicPartition, int] = {}  # what each gauge was set to
+        self._lag_removed = -1  # observability.forgotten() at the last report
         self._lag_reported_at = -math.inf
         self._read_since_lag = True  # messages read since the lag was last reported
         # Per partition: the offset safe to commit (past what was handled, or what the service
@@ -191,10 +193,13 @@ class ConsumerService(ABC):
             self._drop_revoked()
             now = time.monotonic()
             # Caught up, the lag is what it was at the last idle poll unless something was
-            # read since: an in-process pipeline polls idle after every batch.
+            # read since (an in-process pipeline polls idle after every batch), or a series
+            # was removed meanwhile (by another member of this service in this process).
             if (
-                not messages and self._read_since_lag
-            ) or now - self._lag_reported_at >= self.lag_interval:
+                (not messages and self._read_since_lag)
+                or now - self._lag_reported_at >= self.lag_interval
+                or forgotten() != self._lag_removed
+            ):
                 self._lag_reported_at = now
                 self._read_since_lag = False
                 self._report_lag()
@@ -307,15 +312,18 @@ class ConsumerService(ABC):
     def _report_lag(self) -> None:
         lag = self.consumer.lag()
         if lag is None:
+            self._lag_removed = forgotten()  # (unknown now: tried again at the interval)
             return
-        if lag == self._lag_reported:
+        removed = forgotten()
+        if lag == self._lag_reported and removed == self._lag_removed:
             return  # (caught up, it is all zeros again and again)
         for tp in self._lag_reported.keys() - lag.keys():
             self._forget_lag(tp)  # a partition this member no longer owns
+        everything = removed != self._lag_removed  # a series may be gone: set them all
         for tp, waiting in lag.items():
-            if self._lag_reported.get(tp) != waiting:
+            if everything or self._lag_reported.get(tp) != waiting:
                 labelled(CONSUMER_LAG, self.service, tp.topic, str(tp.partition)).set(waiting)
-        self._lag_reported = dict(lag)
+        self._lag_reported, self._lag_removed = dict(lag), forgotten()
 
     def _forget_lag(self, tp: TopicPartition) -> None:
         forget_labelled(CONSUMER_LAG, self.service, tp.topic, str(tp.partition))
