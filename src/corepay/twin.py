@@ -76,7 +76,8 @@ def apply_outcomes(
     applied = twin.applied if twin is not None else ()
     # A set of what was applied costs a pass over all of it: worth it for more than a few
     # outcomes; for the usual one or two, looking through the tuple is quicker.
-    seen = set(applied) if len(outcomes) > 2 else set()
+    many = len(outcomes) > 2
+    seen = set(applied) if many else set()
     for outcome in outcomes:
         if outcome.path is not Path.LIVE:
             raise ValueError(f"only live outcomes update a twin, not {outcome.path.value}")
@@ -86,7 +87,7 @@ def apply_outcomes(
                 f"{twin.customer_id!r}"
             )
         tid = outcome.transaction_id
-        if tid not in seen and (len(outcomes) > 2 or tid not in applied):
+        if tid not in seen and (many or tid not in applied):
             seen.add(tid)
             fresh.append(outcome)
     if not fresh:

@@ -490,10 +490,6 @@ def _twin_document(
     }
 
 
-def _transaction_bytes(txn: Transaction) -> bytes:
-    return encode_json(transaction_to_wire(txn))
-
-
 @overload
 def encode_transaction(txn: Transaction) -> bytes: ...
 @overload
@@ -506,7 +502,7 @@ def encode_transaction(txn: Transaction, *, in_process: bool = False) -> bytes |
     """
     if in_process and _validated(txn):
         return txn
-    return _transaction_bytes(txn)
+    return encode_json(transaction_to_wire(txn))
 
 
 def encode_outcome(outcome: Outcome) -> bytes:
@@ -639,7 +635,7 @@ class _SharedTransactions:
     def encoded(self, txn: Transaction) -> orjson.Fragment:
         done = self._done.get(id(txn))
         if done is None:
-            done = self._done[id(txn)] = (txn, orjson.Fragment(_transaction_bytes(txn)))
+            done = self._done[id(txn)] = (txn, orjson.Fragment(encode_transaction(txn)))
         return done[1]
 
     def document(self, outcome: Outcome) -> dict[str, Any]:

@@ -55,10 +55,9 @@ class EngineService(ConsumerService):
                 records.append(dead_letter(message, str(exc)))
                 continue
             stamp = message.headers.get(INGESTED_AT_HEADER)
-            at = read.get(stamp, read)
-            if at is read:
-                at = read[stamp] = _ingested_at(stamp)
-            stamps.append(at)  # type: ignore[arg-type]
+            if stamp not in read:
+                read[stamp] = _ingested_at(stamp)
+            stamps.append(read[stamp])
         live, simulation = self.engine.decide(txns, stamps)
         outcomes = [*live, *simulation]
         topics = [LIVE_OUTCOME] * len(live) + [SIMULATION_OUTCOME] * len(simulation)
