@@ -1,8 +1,13 @@
 """The whole data flow in one process, over any bus and twin store.
 
 The four services are the same objects ``corepay serve`` runs, pumped in turn on this thread:
-ingestion -> engine -> twin -> detector. Pumping in a fixed order makes a run deterministic:
-the simulation path of a batch sees the twins as the previous batches left them.
+ingestion, the engine, then the divergence detector and the twin service. Pumping in a fixed
+order makes a run deterministic: the simulation path of a batch sees the twins as the previous
+batches left them.
+
+Deployed, the detector and the twin service read the live outcomes side by side, and neither
+waits for the other. Here one has to go first: the detector does, so a verdict waits only for
+the engine, as it does across processes, and not for the twin updates of its batch as well.
 """
 
 from __future__ import annotations
@@ -85,7 +90,6 @@ class Pipeline:
         self.detector = DivergenceDetector(timeout=pairing_timeout, max_pending=max_pending)
         self.services = (
             EngineService(self.bus, self.engine, max_records=batch_size),
-            TwinService(self.bus, self.store, max_records=batch_size),
             DetectorService(
                 self.bus,
                 self.detector,
@@ -93,6 +97,7 @@ class Pipeline:
                 clock=clock,
                 max_records=2 * batch_size,
             ),
+            TwinService(self.bus, self.store, max_records=batch_size),
         )
         self.decisions: dict[str, Counter[str]] = {"live": Counter(), "simulation": Counter()}
         self.alerts: Counter[str] = Counter()
@@ -116,7 +121,7 @@ class Pipeline:
 
     @property
     def twin_service(self) -> TwinService:
-        service = self.services[1]
+        service = self.services[2]
         assert isinstance(service, TwinService)
         return service
 
