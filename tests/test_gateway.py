@@ -657,3 +657,19 @@ def test_the_token_is_sent_but_never_shown() -> None:
     ):
         down.authorize(_txn())
     assert SECRET not in str(refused.value)
+
+
+@pytest.mark.parametrize("count", range(9))
+def test_uniforms_are_the_digest_words_scaled_into_the_open_unit_interval(count: int) -> None:
+    import hashlib
+
+    for key in ("tx-1", "outage:29351520", "é"):
+        digest = hashlib.blake2b(f"7\x00{key}".encode(), digest_size=64).digest()
+        words = [int.from_bytes(digest[i * 8 : i * 8 + 8], "big") for i in range(count)]
+        assert uniforms(7, key, count) == [(w + 0.5) / 2.0**64 for w in words]
+        assert all(0.0 < u < 1.0 for u in uniforms(7, key, count))
+
+
+def test_uniforms_refuses_more_draws_than_the_digest_holds() -> None:
+    with pytest.raises(ValueError, match="count must be 0 to 8, not 9"):
+        uniforms(0, "tx-1", 9)

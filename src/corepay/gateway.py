@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -47,9 +48,14 @@ _NORMAL = NormalDist()
 def uniforms(seed: int, key: str, count: int = 4) -> list[float]:
     """``count`` (at most 8) independent uniform draws in (0, 1) for ``key`` under ``seed``."""
     digest = hashlib.blake2b(f"{seed}\x00{key}".encode(), digest_size=64).digest()
-    return [
-        (int.from_bytes(digest[i * 8 : i * 8 + 8], "big") + 0.5) / 2.0**64 for i in range(count)
-    ]
+    try:
+        words = _WORDS[count]  # the digest's first ``count`` big-endian unsigned 64-bit words
+    except KeyError:
+        raise ValueError(f"count must be 0 to 8, not {count!r}") from None
+    return [(word + 0.5) / 2.0**64 for word in words.unpack_from(digest)]
+
+
+_WORDS = {count: struct.Struct(f">{count}Q") for count in range(9)}
 
 
 @attrs.frozen
