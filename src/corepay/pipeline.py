@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Self
 
@@ -103,6 +104,9 @@ class Pipeline:
         self.alerts: Counter[str] = Counter()
         self.latency = LatencyRecorder()
         self.submitted = 0
+        # The last ingestion stamp seen and its epoch seconds: a batch ingested together
+        # shares one, so this spares a timestamp() per outcome.
+        self._stamp: tuple[datetime | None, float] = (None, 0.0)
 
     def _record(self, pairing: Pairing) -> None:
         stamps = []
@@ -110,8 +114,11 @@ class Pipeline:
             if outcome is not None:
                 # (``_value_``: the value, without the enum property's lookup.)
                 self.decisions[outcome.path._value_][outcome.decision._value_] += 1
-                if outcome.timings.ingested_at is not None:
-                    stamps.append(outcome.timings.ingested_at.timestamp())
+                at = outcome.timings.ingested_at
+                if at is not None:
+                    if at is not self._stamp[0]:
+                        self._stamp = (at, at.timestamp())
+                    stamps.append(self._stamp[1])
         if pairing.alert is not None:
             self.alerts[pairing.alert.kind.value] += 1
         if stamps:
