@@ -188,6 +188,51 @@ def test_the_fast_path_takes_what_corepay_writes(txn: Any) -> None:
     assert wire._well_formed(_own_form(txn)) == txn
 
 
+_H1, _H5_30, _M5 = (timezone(timedelta(minutes=m)) for m in (60, 330, -300))
+
+
+@pytest.mark.parametrize(
+    ("stamps", "expected"),
+    [
+        (  # as CorePay writes them (the fast path)
+            ("2026-11-24T09:30:00+01:00", "2026-11-24T09:31:00.500000+01:00"),
+            (
+                datetime(2026, 11, 24, 9, 30, tzinfo=_H1),
+                datetime(2026, 11, 24, 9, 31, 0, 500000, tzinfo=_H1),
+            ),
+        ),
+        (  # in forms only the rules read
+            ("2026-11-24t09:30:00+05:30", "2026-11-24 09:31:00.1234567+05:30"),
+            (
+                datetime(2026, 11, 24, 9, 30, tzinfo=_H5_30),
+                datetime(2026, 11, 24, 9, 31, 0, 123456, tzinfo=_H5_30),
+            ),
+        ),
+        (  # two offsets
+            ("2026-11-24T09:30:00-05:00", "2026-11-24T09:31:00z"),
+            (datetime(2026, 11, 24, 9, 30, tzinfo=_M5), datetime(2026, 11, 24, 9, 31, tzinfo=UTC)),
+        ),
+        (
+            ("2026-11-24T09:30:00Z", "2026-11-24T09:31:00+00:00"),
+            (datetime(2026, 11, 24, 9, 30, tzinfo=UTC), datetime(2026, 11, 24, 9, 31, tzinfo=UTC)),
+        ),
+    ],
+)
+def test_stamps_of_one_offset_share_one_tzinfo_and_keep_their_instant_and_form(
+    stamps: tuple[str, str], expected: tuple[datetime, datetime]
+) -> None:
+    # Python compares two aware datetimes holding the same tzinfo object much faster.
+    parsed = [
+        parse_transaction({**VALID, "transaction_id": f"tx-zone-{i}", "timestamp": stamp}).timestamp
+        for i, stamp in enumerate(stamps)
+    ]
+
+    assert parsed == list(expected)
+    assert [p.isoformat() for p in parsed] == [e.isoformat() for e in expected]
+    same_offset = expected[0].utcoffset() == expected[1].utcoffset()
+    assert (parsed[0].tzinfo is parsed[1].tzinfo) == same_offset
+
+
 @pytest.mark.parametrize("payload", _EDGES)
 def test_edge_payloads_parse_as_the_rules_say(payload: dict[str, Any]) -> None:
     try:

@@ -11,7 +11,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any, SupportsBytes, overload
 
@@ -255,7 +255,7 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
     # can be out of range (by its offset); comparing aware datetimes costs about 1 us.
     if not "1970" < stamp[:4] < "2999" and not _EARLIEST <= moment <= _LATEST:
         return None
-    txn = Transaction(tid, cid, value, currency, mid, mcc, country, channel, moment)
+    txn = Transaction(tid, cid, value, currency, mid, mcc, country, channel, _one_zone(moment))
     _KNOWN_TRANSACTIONS[key] = txn
     _VALIDATED[id(txn)] = txn
     return txn
@@ -339,7 +339,21 @@ def _timestamp(value: Any) -> datetime:
         raise ValueError(f"is not a valid date-time: {exc}") from None
     if not _EARLIEST <= moment <= _LATEST:
         raise ValueError("must be between 1970-01-01T00:00:00Z and 2999-12-31T23:59:59Z")
-    return moment
+    return _one_zone(moment)
+
+
+# One tzinfo object per UTC offset read from a stamp (the pattern allows +-HH:MM: a few
+# thousand at most). Python compares (and subtracts) two aware datetimes without working out
+# either offset when both hold the same tzinfo object, about 15 times faster; a customer's
+# payments mostly share an offset, and a twin compares them on every update.
+_ZONES: dict[tzinfo, tzinfo] = {}
+
+
+def _one_zone(moment: datetime) -> datetime:
+    zone = moment.tzinfo
+    assert zone is not None  # (the pattern requires an offset)
+    shared = _ZONES.setdefault(zone, zone)
+    return moment if shared is zone else moment.astimezone(shared)
 
 
 _FIELD_RULES: dict[str, Callable[[Any], Any]] = {
