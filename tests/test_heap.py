@@ -39,7 +39,8 @@ def thresholds():
 def test_full_collections_are_spaced_within_the_block_and_restored_after(thresholds) -> None:
     gc.set_threshold(700, 10, 10)
     with heap.fewer_full_collections(250):
-        assert gc.get_threshold() == (700, 10, 250)
+        # The middle generation after every young collection; a full one every 250 of them.
+        assert gc.get_threshold() == (700, 1, 250)
     assert gc.get_threshold() == (700, 10, 10)
 
 
@@ -57,11 +58,11 @@ def test_a_change_made_within_the_block_stands(thresholds) -> None:
     assert gc.get_threshold() == (2000, 10, 50)
 
 
-def test_young_thresholds_changed_within_the_block_are_kept(thresholds) -> None:
+def test_the_young_threshold_changed_within_the_block_is_kept(thresholds) -> None:
     gc.set_threshold(700, 10, 10)
-    with heap.fewer_full_collections(100):
-        gc.set_threshold(5000, 20, 100)
-    assert gc.get_threshold() == (5000, 20, 10)
+    with heap.fewer_full_collections(300):
+        gc.set_threshold(5000, *gc.get_threshold()[1:])
+    assert gc.get_threshold() == (5000, 10, 10)
 
 
 def test_overlapping_blocks_leave_the_process_as_it_was(thresholds) -> None:
@@ -77,17 +78,17 @@ def test_overlapping_blocks_leave_the_process_as_it_was(thresholds) -> None:
 
 def test_nested_blocks_restore_in_turn(thresholds) -> None:
     gc.set_threshold(700, 10, 10)
-    with heap.fewer_full_collections(100):
+    with heap.fewer_full_collections(200):
         with heap.fewer_full_collections(300):
-            assert gc.get_threshold() == (700, 10, 300)
-        assert gc.get_threshold() == (700, 10, 100)
+            assert gc.get_threshold() == (700, 1, 300)
+        assert gc.get_threshold() == (700, 1, 200)
     assert gc.get_threshold() == (700, 10, 10)
 
 
 def test_a_process_that_collects_fully_less_often_already_is_left_so(thresholds) -> None:
-    gc.set_threshold(700, 10, 1000)
-    with heap.fewer_full_collections(100):
-        assert gc.get_threshold() == (700, 10, 1000)
+    gc.set_threshold(700, 10, 1000)  # a full collection every 10,000 young ones
+    with heap.fewer_full_collections(1000):
+        assert gc.get_threshold() == (700, 1, 10_000)
 
 
 def test_the_demo_runs_with_full_collections_spaced(thresholds) -> None:
@@ -100,7 +101,7 @@ def test_the_demo_runs_with_full_collections_spaced(thresholds) -> None:
         live_model=default_model("live"),
         twin_model=default_model("simulation"),
     )
-    assert seen and all(t == (700, 10, heap.FULL_COLLECTION_INTERVAL) for t in seen)
+    assert seen and all(t == (700, 1, heap.FULL_COLLECTION_INTERVAL) for t in seen)
     assert gc.get_threshold() == (700, 10, 10)
 
 
@@ -114,5 +115,5 @@ def test_a_settled_service_has_its_heap_frozen_and_full_collections_spaced() -> 
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     threshold, frozen = json.loads(out.stdout)
-    assert threshold == [700, 10, heap.FULL_COLLECTION_INTERVAL]
+    assert threshold == [700, 1, heap.FULL_COLLECTION_INTERVAL]
     assert frozen > 1000
