@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from datetime import UTC, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from corepay.features import (
     transaction_features,
     twin_features,
 )
-from corepay.models import Decision, Transaction, Twin
+from corepay.models import Decision, Transaction, Twin, epoch_us
 from corepay.riskmodel import LogisticRegression, ModelMetadata, RiskModel, load_model, save_model
 from corepay.scoring import REASON_RULES, DecisionPolicy, Thresholds
 from corepay.training import TrainingConfig, build_dataset, default_model, roc_auc, train
@@ -163,6 +163,29 @@ def test_velocities_and_recency_match_counting_the_history_directly(minutes, dat
         assert row[name] == sum(1 for ts in earlier if ts >= at - timedelta(minutes=window))
     if earlier:
         assert row["log_since_last"] == math.log10(1.0 + (at - max(earlier)).total_seconds())
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1971, 1, 1),
+        max_value=datetime(2999, 12, 30),
+        timezones=st.one_of(
+            st.none(),
+            st.just(UTC),
+            st.timedeltas(min_value=timedelta(hours=-23), max_value=timedelta(hours=23)).map(
+                timezone
+            ),
+            st.timezones(),  # zoneinfo zones, with daylight-saving changes
+        ),
+    )
+)
+def test_epoch_microseconds_are_the_exact_elapsed_time_since_1970(moment: datetime) -> None:
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    elapsed = aware.astimezone(UTC).replace(tzinfo=None) - datetime(1970, 1, 1)
+    expected = (elapsed.days * 86_400 + elapsed.seconds) * 1_000_000 + elapsed.microseconds
+
+    assert epoch_us(moment) == expected
+    assert epoch_us(moment) == expected  # (the second time through its cached epoch)
 
 
 def test_twin_features_take_naive_times_as_utc():
