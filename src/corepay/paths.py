@@ -163,18 +163,21 @@ class LivePath(DecisionPath):
             decided[i] = answer
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(txns), 1)
         now = _utc(self.clock())
+        version = self.model_version
+        # Fields by position, in the classes' order: by keyword costs 0.3 us more an outcome.
         return [
             Outcome(
-                transaction=txn,
-                path=Path.LIVE,
-                decision=decision,
-                score=score,
-                reasons=reasons,
-                model_version=self.model_version,
-                error=error,
-                timings=Timings(
-                    decided_at=now, elapsed_ms=elapsed_ms, ingested_at=at, gateway_ms=gateway_ms
-                ),
+                txn,  # transaction
+                Path.LIVE,  # path
+                decision,
+                score,
+                reasons,
+                version,  # model_version
+                Timings(now, elapsed_ms, at, gateway_ms),  # decided_at, ..., gateway_ms
+                None,  # twin_version
+                None,  # twin_lag
+                None,  # fresh_decision
+                error,
             )
             for txn, at, score, (decision, reasons, error, gateway_ms) in zip(
                 txns, ingested, scores.tolist(), decided, strict=True
@@ -273,6 +276,7 @@ class SimulationPath(DecisionPath):
         # ingested together. (By identity: equal instants in two offsets encode differently.)
         timings: dict[int, Timings] = {}
         outcomes = []
+        version = self.model_version
         for i, (txn, at, score, (decision, reasons), lag) in enumerate(
             zip(txns, ingested, scores.tolist(), decided, lags, strict=True)
         ):
@@ -283,17 +287,17 @@ class SimulationPath(DecisionPath):
                     decided_at=now, elapsed_ms=elapsed_ms, ingested_at=at
                 )
             outcomes.append(
-                Outcome(
-                    transaction=txn,
-                    path=Path.SIMULATION,
-                    decision=decision,
-                    score=score,
-                    reasons=reasons,
-                    model_version=self.model_version,
-                    twin_version=0 if twin is None else twin.version,
-                    twin_lag=lag,
-                    fresh_decision=fresh.get(i),
-                    timings=timed,
+                Outcome(  # fields by position, in the class's order (see LivePath)
+                    txn,  # transaction
+                    Path.SIMULATION,  # path
+                    decision,
+                    score,
+                    reasons,
+                    version,  # model_version
+                    timed,  # timings
+                    0 if twin is None else twin.version,  # twin_version
+                    lag,  # twin_lag
+                    fresh.get(i),  # fresh_decision
                 )
             )
         return outcomes
