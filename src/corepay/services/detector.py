@@ -24,7 +24,7 @@ from corepay.bus import (
 from corepay.divergence import DivergenceDetector, Pairing
 from corepay.errors import DecodeError
 from corepay.models import Outcome
-from corepay.observability import DIVERGENCES
+from corepay.observability import DIVERGENCES, labelled
 from corepay.recent import Recent
 from corepay.services.runner import ConsumerService, Handled, dead_letter
 from corepay.wire import encode_alert, encode_json, outcome_of
@@ -253,7 +253,7 @@ class DetectorService(ConsumerService):
         if pairing.alert is not None:
             alert = pairing.alert
             records.append(Record(DIVERGENCE_ALERT, alert.customer_id, encode_alert(alert)))
-            DIVERGENCES.labels(kind=alert.kind.value).inc()
+            labelled(DIVERGENCES, alert.kind.value).inc()
             log.info(
                 "divergence %s on transaction %s",
                 alert.kind.value,
