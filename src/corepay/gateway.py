@@ -37,7 +37,7 @@ from corepay.errors import (
     ConfigurationError,
     UnavailableError,
 )
-from corepay.models import Transaction
+from corepay.models import Transaction, epoch_us
 from corepay.recent import Recent
 
 __all__ = ["GatewayResponse", "PaymentGateway", "SimulatedGateway", "open_gateway", "uniforms"]
@@ -127,7 +127,7 @@ class SimulatedGateway(PaymentGateway):
         return draw < self.outage_rate
 
     def authorize(self, txn: Transaction) -> GatewayResponse:
-        if self._outage(int(txn.timestamp.timestamp() // 60)):
+        if self._outage(epoch_us(txn.timestamp) // 60_000_000):
             raise UnavailableError("payment gateway unavailable (simulated outage)")
         u_latency, u_tail, u_decline, u_code = uniforms(self.seed, txn.transaction_id)
         latency = self.median_latency_ms * math.exp(0.45 * _NORMAL.inv_cdf(u_latency))
@@ -146,8 +146,8 @@ class SimulatedGateway(PaymentGateway):
         elif u_decline < p_funds + 0.006:
             code = "DO_NOT_HONOR" if u_code < 0.7 else "EXPIRED_CARD"
         else:
-            return GatewayResponse(approved=True, code="APPROVED", latency_ms=latency)
-        return GatewayResponse(approved=False, code=code, latency_ms=latency)
+            return GatewayResponse(True, "APPROVED", latency)  # (approved, code, latency_ms)
+        return GatewayResponse(False, code, latency)
 
 
 # --- open_gateway --------------------------------------------------------------------------
