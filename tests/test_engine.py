@@ -324,6 +324,37 @@ def _same_customer(n: int) -> list[Transaction]:
     return [t for t in txns if t.customer_id == customer][:n]
 
 
+def test_a_fresh_decision_is_the_decision_on_the_twin_with_the_missing_payments_applied() -> None:
+    from corepay.features import feature_matrix
+    from corepay.twin import project
+
+    store = MemoryTwinStore()
+    path = SimulationPath(StoreTwinClient(store))
+    txns = _txns(400, customers=3)
+    update_twin(
+        store,
+        txns[0].customer_id,
+        [_approved(t) for t in txns[:30] if t.customer_id == txns[0].customer_id],
+    )
+    batch = txns[30:90]  # bursts of three customers, one with a twin
+
+    outcomes = path.decide_batch(batch, [None] * len(batch))
+
+    def alone(txn: Transaction, twin: Twin | None) -> Decision:
+        matrix = feature_matrix([txn], [twin], path.model.features)
+        return path.policy.decide(path.model.score(matrix), matrix, path.model.features)[0][0]
+
+    assert sum(o.twin_lag > 0 for o in outcomes) > 40
+    for i, (txn, outcome) in enumerate(zip(batch, outcomes, strict=True)):
+        twin = store.get(txn.customer_id)
+        assert outcome.decision is alone(txn, twin)
+        earlier = [t for t in batch[:i] if t.customer_id == txn.customer_id]
+        earlier = earlier[-path.pending_per_customer :]  # (what it remembers of a burst)
+        assert outcome.twin_lag == len(earlier)
+        expected = alone(txn, project(twin, earlier)) if earlier else None
+        assert outcome.fresh_decision is expected
+
+
 def test_the_simulation_path_stamps_how_far_behind_the_twin_it_read_was() -> None:
     store = MemoryTwinStore()
     path = SimulationPath(StoreTwinClient(store))

@@ -258,18 +258,23 @@ class SimulationPath(DecisionPath):
             return self.failed(txns, ingested, "TWIN_TIMEOUT", now=self.clock())
         except UnavailableError:
             return self.failed(txns, ingested, "TWIN_UNAVAILABLE", now=self.clock())
-        features = self.model.features_of(txns, twins)
+        lags, fresher = self._staleness(txns, twins, asked)
+        rows = sorted(fresher)
+        if rows:
+            # The payments again on their fresher twins, as rows after the batch's own: one
+            # matrix, one scoring, one policy pass (each costs tens of us whatever its size).
+            features = feature_matrix(
+                [*txns, *(txns[i] for i in rows)],
+                [*(twins.get(t.customer_id) for t in txns), *(fresher[i] for i in rows)],
+                self.model.features,
+            )
+        else:
+            features = self.model.features_of(txns, twins)
         scores = self.model.score(features)
         decided = self.policy.decide(scores, features, self.model.features)
-        lags, fresher = self._staleness(txns, twins, asked)
-        fresh: dict[int, Decision] = {}
-        if fresher:
-            rows = sorted(fresher)
-            matrix = feature_matrix(
-                [txns[i] for i in rows], [fresher[i] for i in rows], self.model.features
-            )
-            again = self.policy.decide(self.model.score(matrix), matrix, self.model.features)
-            fresh = {i: decision for i, (decision, _) in zip(rows, again, strict=True)}
+        n = len(txns)
+        fresh = {i: decision for i, (decision, _) in zip(rows, decided[n:], strict=True)}
+        decided = decided[:n]
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(txns), 1)
         now = _utc(self.clock())
         # One Timings (immutable) per ingestion stamp object: the engine reads one per batch
@@ -278,7 +283,7 @@ class SimulationPath(DecisionPath):
         outcomes = []
         version = self.model_version
         for i, (txn, at, score, (decision, reasons), lag) in enumerate(
-            zip(txns, ingested, scores.tolist(), decided, lags, strict=True)
+            zip(txns, ingested, scores[:n].tolist(), decided, lags, strict=True)
         ):
             twin = twins.get(txn.customer_id)
             timed = timings.get(id(at))
