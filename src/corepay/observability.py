@@ -27,8 +27,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -168,14 +167,24 @@ _FORGOTTEN = 0
 _LABELLED: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
-@contextmanager
-def timed(service: str, stage: str) -> Iterator[None]:
-    """Observe how long the ``with`` block takes in ``corepay_stage_seconds``, even if it raises."""
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        labelled(STAGE_SECONDS, service, stage).observe(time.perf_counter() - started)
+class timed:  # (lower case: used as a function, ``with timed(service, stage):``)
+    """Observe how long the ``with`` block takes in ``corepay_stage_seconds``, even if it raises.
+
+    A class rather than a generator: every service times several stages of every batch, and
+    a generator's context manager costs about 0.6 us more each time.
+    """
+
+    __slots__ = ("_series", "_started")
+
+    def __init__(self, service: str, stage: str) -> None:
+        self._series = labelled(STAGE_SECONDS, service, stage)
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._series.observe(time.perf_counter() - self._started)
 
 
 # --- logs ------------------------------------------------------------------------------------
