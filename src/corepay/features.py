@@ -38,6 +38,7 @@ twin gets the no-history row, see :data:`NO_HISTORY`):
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -295,9 +296,23 @@ def feature_matrix(
     Raises:
         ConfigurationError: a name is not a feature.
     """
-    names = check_features(names)
+    columns, with_twin = _columns(tuple(names))
     parts = [transaction_features(txns)]
-    if any(n in TWIN_FEATURES for n in names):
+    if with_twin:
         parts.append(twin_features(txns, twins))
     full = np.hstack(parts) if len(parts) > 1 else parts[0]
-    return full[:, [_INDEX[n] for n in names]]
+    return full[:, columns]
+
+
+@functools.lru_cache(maxsize=256)
+def _columns(names: tuple[str, ...]) -> tuple[np.ndarray, bool]:
+    """Where ``names`` are in a full matrix, and whether any is a twin feature: worked out
+    once per list of names (a model's), not for every batch.
+
+    Raises:
+        ConfigurationError: a name is not a feature (not kept: it is raised every time).
+    """
+    names = check_features(names)
+    columns = np.array([_INDEX[n] for n in names], dtype=np.intp)
+    columns.flags.writeable = False
+    return columns, any(n in TWIN_FEATURES for n in names)
