@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,21 @@ def test_epoch_microseconds_are_the_exact_elapsed_time_since_1970(moment: dateti
 
     assert epoch_us(moment) == expected
     assert epoch_us(moment) == expected  # (the second time through its cached epoch)
+
+
+def test_epoch_microseconds_of_a_stamp_in_a_tzinfo_that_cannot_be_hashed() -> None:
+    class Unhashable(tzinfo):  # defines __eq__ and not __hash__
+        def utcoffset(self, dt: datetime | None) -> timedelta:
+            return timedelta(hours=2)
+
+        def dst(self, dt: datetime | None) -> timedelta:
+            return timedelta(0)
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Unhashable)
+
+    moment = datetime(2026, 1, 1, 2, 0, 0, 5, tzinfo=Unhashable())
+    assert epoch_us(moment) == epoch_us(datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=UTC))
 
 
 def test_twin_features_take_naive_times_as_utc():

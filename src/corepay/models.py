@@ -43,7 +43,7 @@ def epoch_us(moment: datetime) -> int:
     """
     try:
         return (moment - _EPOCHS[moment.tzinfo]) // _MICROSECOND
-    except KeyError:
+    except (KeyError, TypeError):  # (TypeError: a tzinfo of its own that cannot be hashed)
         pass
     zone = moment.tzinfo
     if type(zone) is timezone and len(_EPOCHS) < _EPOCHS_MAX:
