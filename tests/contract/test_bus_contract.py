@@ -308,6 +308,34 @@ def test_uncommitted_messages_go_to_the_next_member_and_committed_ones_do_not(
     assert sorted(m.value for m in got) == sorted(uncommitted)
 
 
+def test_what_a_consumer_changes_in_its_messages_reaches_no_other_delivery(
+    bus_factory: BusFactory, fresh_name: Names
+):
+    # Messages are plain objects, so a consumer may change one; on Kafka each poll builds its
+    # own, and the memory bus must not hand several consumers (or deliveries) one object.
+    bus = bus_factory()
+    topic = new_topic(bus, fresh_name)
+    group, key = fresh_name("group"), fresh_name("customer")
+    delivery = bus.publish(topic, key, b"payment", {"trace": "t-1"})
+    first = bus_factory.consumer(bus, group, [topic])
+    other = bus_factory.consumer(bus, fresh_name("group"), [topic])
+    (mine,) = poll_until(first, 1, bus_factory.deadline())
+    mine.key, mine.offset, mine.timestamp_ms = "someone-else", 99, 0
+    mine.headers["trace"] = "changed"  # type: ignore[index]
+    mine.headers["added"] = "too"  # type: ignore[index]
+    first.close()  # not committed: delivered again to the group
+
+    again = bus_factory.consumer(bus, group, [topic])
+    got = [
+        *poll_until(again, 1, bus_factory.deadline()),
+        *poll_until(other, 1, bus_factory.deadline()),
+    ]
+    assert [(m.key, m.offset, m.headers, m.value) for m in got] == 2 * [
+        (key, delivery.offset, {"trace": "t-1"}, b"payment")
+    ]
+    assert all(m.timestamp_ms > 0 for m in got)
+
+
 #: Both ways to commit: waiting until it is stored, and not (how the services commit; a
 #: close() right after must not lose it).
 WAITS = pytest.mark.parametrize("wait", [True, False], ids=["waiting", "not-waiting"])

@@ -17,6 +17,7 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import SupportsBytes
 
 from corepay.bus import Bus, Consumer, Delivery, Message, Record, TopicPartition
@@ -39,6 +40,23 @@ class _Group:
         self.committed: dict[TopicPartition, int] = {}
 
 
+#: What a partition's log keeps of a message: key, value, headers, timestamp (ms).
+_Entry = tuple[str, "bytes | SupportsBytes", Mapping[str, str], int]
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})  # only ever copied out
+
+
+def _messages(topic: str, partition: int, first: int, entries: Iterable[_Entry]) -> list[Message]:
+    """Messages for ``entries`` of one partition's log, the first at offset ``first``.
+
+    New objects on every call, headers included: as from Kafka, what a consumer gets is its
+    own, and nothing it changes reaches another consumer or a later delivery.
+    """
+    return [
+        Message(topic, partition, offset, key, value, dict(headers) if headers else {}, at)
+        for offset, (key, value, headers, at) in enumerate(entries, first)
+    ]
+
+
 class MemoryBus(Bus):
     """A partitioned in-process bus with Kafka's consumer-group semantics."""
 
@@ -49,8 +67,8 @@ class MemoryBus(Bus):
             raise ConfigurationError("partitions must be at least 1")
         self.partitions = partitions
         self._lock = threading.Condition(threading.RLock())
-        self._logs: dict[str, list[list[Message]]] = {}
-        self._published: dict[str, list[Message]] = {}
+        self._logs: dict[str, list[list[_Entry]]] = {}
+        self._published: dict[str, list[tuple[int, int]]] = {}
         self._groups: dict[str, _Group] = {}
         self._member_ids = itertools.count(1)
 
@@ -65,7 +83,7 @@ class MemoryBus(Bus):
             raise ConfigurationError("memory bus option partitions must be an integer") from None
         return cls(partitions=partitions)
 
-    def _log(self, topic: str) -> list[list[Message]]:
+    def _log(self, topic: str) -> list[list[_Entry]]:
         log = self._logs.get(topic)
         if log is None:
             log = self._logs[topic] = [[] for _ in range(self.partitions)]
@@ -150,12 +168,10 @@ class MemoryBus(Bus):
         if partition is None:
             partition = partition_for(key, self.partitions)
         log = self._log(topic)[partition]
-        message = Message(
-            topic, partition, len(log), key, value, dict(headers) if headers else {}, timestamp_ms
-        )
-        log.append(message)
-        self._published[topic].append(message)
-        return Delivery(topic, partition, message.offset)
+        offset = len(log)
+        log.append((key, value, dict(headers) if headers else _NO_HEADERS, timestamp_ms))
+        self._published[topic].append((partition, offset))
+        return Delivery(topic, partition, offset)
 
     def consumer(self, group: str, topics: Sequence[str]) -> MemoryConsumer:
         if not topics:
@@ -175,12 +191,21 @@ class MemoryBus(Bus):
         with self._lock:
             log = self._log(topic)
             since = since_ms or 0
-            return [m for p in partitions for m in log[p] if m.timestamp_ms >= since]
+            return [
+                m
+                for p in partitions
+                for m in _messages(topic, p, 0, log[p])
+                if m.timestamp_ms >= since
+            ]
 
     def messages(self, topic: str) -> list[Message]:
         """Every message ever published to ``topic``, in publication order."""
         with self._lock:
-            return list(self._published.get(topic, ()))
+            logs = self._logs.get(topic, ())
+            return [
+                _messages(topic, p, offset, [logs[p][offset]])[0]
+                for p, offset in self._published.get(topic, ())
+            ]
 
     def topics(self) -> list[str]:
         with self._lock:
@@ -283,7 +308,7 @@ class MemoryConsumer(Consumer):
             log = self._bus._logs[tp.topic][tp.partition]
             position = self._positions[tp]
             taken = log[position : position + max_records - len(batch)]
-            batch.extend(taken)
+            batch.extend(_messages(tp.topic, tp.partition, position, taken))
             self._positions[tp] = position + len(taken)
             if len(batch) >= max_records:
                 break
