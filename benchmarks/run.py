@@ -394,7 +394,7 @@ def twin_reads(customers: int, levels: tuple[int, ...], rounds: int) -> list[dic
             twin = apply_outcomes(None, outcomes)
             assert twin is not None
             store.compare_and_set(twin, expected_version=None)
-            asked[cid] = [f"new-{k}-a", f"new-{k}-b", twin.applied[-1]]
+            asked[cid] = [f"new-{k}-a", f"new-{k}-b", list(twin.applied)[-1]]
         ids = list(asked)
         row: dict[str, Any] = {"payments_per_customer": payments, "twins_per_read": customers}
         gc.collect()

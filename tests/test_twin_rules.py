@@ -266,6 +266,32 @@ def test_history_holds_the_most_recent_by_timestamp_and_is_bounded(
     assert [h.transaction_id for h in twin.history] == [o.transaction_id for o in newest]
 
 
+@given(customer_outcomes(max_size=16), st.integers(1, 20), st.lists(st.integers(0, 16)))
+def test_a_twin_remembers_the_last_ids_of_its_window_and_only_those_apply_as_no_ops(
+    outcomes: list[Outcome], window: int, cuts: list[int]
+) -> None:
+    policy = TwinPolicy(dedup_window=window)
+    cuts = [c for c in cuts if c <= len(outcomes)]
+    twin = apply_in_batches(outcomes, cuts, policy)
+
+    ids = [o.transaction_id for o in outcomes]
+    assert twin is not None and list(twin.applied) == ids[-window:]  # oldest first
+    for outcome in outcomes:
+        again = apply_outcome(twin, outcome, policy)
+        # A redelivery the window still holds changes nothing; one past it is applied anew.
+        assert (again is twin) == (outcome.transaction_id in ids[-window:])
+        if again is not twin:
+            assert again.count == twin.count + 1
+            assert list(again.applied) == [*ids[-window:], outcome.transaction_id][-window:]
+
+
+def test_a_twins_applied_ids_given_in_any_iterable_are_kept_in_their_order() -> None:
+    twin = apply_outcome(None, live(txn("t-1")))
+    for ids in (("b", "a", "c"), ["b", "a", "c"], iter(["b", "a", "c"])):
+        assert list(attrs.evolve(twin, applied=ids).applied) == ["b", "a", "c"]
+    assert apply_outcome(attrs.evolve(twin, applied=("b", "t-2")), live(txn("t-2"))).count == 1
+
+
 def test_history_orders_timestamps_a_microsecond_apart() -> None:
     # Far in the future a float of epoch seconds cannot tell these apart; the wire accepts them.
     earlier = txn("b-earlier", timestamp=datetime(9999, 12, 30, 23, 59, 59, 999998, tzinfo=UTC))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import decimal
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal
 
@@ -207,14 +207,21 @@ class HistoryEntry:
     )
 
 
+def _ids_in_order(ids: Iterable[str]) -> dict[str, None]:
+    """A dict as it is, anything else as the keys of a new dict: an ordered set of ids."""
+    return ids if type(ids) is dict else dict.fromkeys(ids)
+
+
 @attrs.frozen
 class Twin:
     """A customer's digital twin: profile, running statistics and bounded recent history.
 
     Statistics are exact: amounts are summed as decimals, so the mean and variance do not
     depend on the order outcomes were applied in. ``applied`` holds the ids of the most recent
-    transactions applied (bounded), which makes applying a redelivered outcome a no-op.
-    ``version`` increases by one with every stored change; the store's compare-and-swap uses it.
+    transactions applied (bounded), which makes applying a redelivered outcome a no-op: the
+    keys of a dict, oldest first, so that asking for one id costs the same however many are
+    kept (any iterable of ids given is made one). ``version`` increases by one with every
+    stored change; the store's compare-and-swap uses it.
     """
 
     customer_id: str
@@ -233,7 +240,7 @@ class Twin:
     countries: Mapping[str, int]
     channels: Mapping[str, int]
     history: tuple[HistoryEntry, ...]
-    applied: tuple[str, ...]
+    applied: Mapping[str, None] = attrs.field(converter=_ids_in_order)
 
     @property
     def amount_mean(self) -> Decimal:

@@ -329,7 +329,7 @@ class SimulationPath(DecisionPath):
             shown = applied.get(cid)
             if shown is None:
                 shown = applied[cid] = (
-                    set() if twin is None else asked[cid].intersection(twin.applied)
+                    set() if twin is None else {i for i in asked[cid] if i in twin.applied}
                 )
                 # What the twin shows is not missing from it any more. Once per customer and
                 # batch: a payment shown is never added below.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import decimal
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
@@ -72,12 +72,8 @@ def apply_outcomes(
         ValueError: an outcome is not from the live path, or is for another customer.
     """
     fresh: list[Outcome] = []
-    outcomes = list(outcomes)
-    applied = twin.applied if twin is not None else ()
-    # A set of what was applied costs a pass over all of it: worth it for more than a few
-    # outcomes; for the usual one or two, looking through the tuple is quicker.
-    many = len(outcomes) > 2
-    seen = set(applied) if many else set()
+    applied: Mapping[str, None] = twin.applied if twin is not None else {}
+    seen: set[str] = set()
     for outcome in outcomes:
         if outcome.path is not Path.LIVE:
             raise ValueError(f"only live outcomes update a twin, not {outcome.path.value}")
@@ -87,7 +83,7 @@ def apply_outcomes(
                 f"{twin.customer_id!r}"
             )
         tid = outcome.transaction_id
-        if tid not in seen and (many or tid not in applied):
+        if tid not in seen and tid not in applied:
             seen.add(tid)
             fresh.append(outcome)
     if not fresh:
@@ -136,14 +132,14 @@ def _merge(
         countries: dict[str, int] = {}
         channels: dict[str, int] = {}
         kept: tuple[HistoryEntry, ...] = ()
-        applied: tuple[str, ...] = ()
+        applied: dict[str, None] = {}
     else:
         version, count = twin.version, twin.count
         approvals, declines, reviews = twin.approvals, twin.declines, twin.reviews
         amount_sum, amount_sumsq = twin.amount_sum, twin.amount_sumsq
         merchants, countries = dict(twin.merchants), dict(twin.countries)
         channels = dict(twin.channels)
-        kept, applied = twin.history, twin.applied
+        kept, applied = twin.history, dict(twin.applied)
     add, multiply = _EXACT.add, _EXACT.multiply
     entries = []
     # min() and max() keep the first of equal values: so do these (a tie may differ in form,
@@ -182,7 +178,10 @@ def _merge(
         history = sorted([*kept, *entries], key=_history_key)
     else:  # the usual case, payments arriving in time order: no need to sort it all again
         history = [*kept, *entries]
-    applied = (*applied, *(t.transaction_id for t, _ in fresh))
+    for t, _ in fresh:
+        applied[t.transaction_id] = None
+    for _ in range(len(applied) - policy.dedup_window):
+        del applied[next(iter(applied))]  # the oldest
     return Twin(
         fresh[0][0].customer_id,
         version + 1,
@@ -200,5 +199,5 @@ def _merge(
         countries,
         channels,
         tuple(history[-policy.history_size :]),
-        applied[-policy.dedup_window :],
+        applied,
     )

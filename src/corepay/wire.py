@@ -674,7 +674,7 @@ def encode_twins(
     docs = []
     for twin in twins:
         asked = frozenset(applied_of.get(twin.customer_id, ()))
-        shown = sorted(asked.intersection(twin.applied)) if asked else []
+        shown = sorted(i for i in asked if i in twin.applied)
         docs.append(_twin_document(twin, _as_is, shown))
     return encode_json({"twins": docs})
 
@@ -856,7 +856,7 @@ def _twin_from(
         countries=dict(d["countries"]),
         channels=dict(d["channels"]),
         history=tuple(history),
-        applied=tuple(d["applied"]),
+        applied=dict.fromkeys(d["applied"]),
     )
 
 
