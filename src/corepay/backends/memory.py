@@ -304,12 +304,15 @@ class MemoryConsumer(Consumer):
             return []
         self._rotation = (self._rotation + 1) % len(partitions)
         batch: list[Message] = []
+        logs, positions = self._bus._logs, self._positions
         for tp in partitions[self._rotation :] + partitions[: self._rotation]:
-            log = self._bus._logs[tp.topic][tp.partition]
-            position = self._positions[tp]
+            log = logs[tp.topic][tp.partition]
+            position = positions[tp]
+            if len(log) == position:
+                continue  # nothing new (an idle poll finds every partition so)
             taken = log[position : position + max_records - len(batch)]
             batch.extend(_messages(tp.topic, tp.partition, position, taken))
-            self._positions[tp] = position + len(taken)
+            positions[tp] = position + len(taken)
             if len(batch) >= max_records:
                 break
         return batch

@@ -276,8 +276,9 @@ class ConsumerService(ABC):
 
     def _publish(self, handled: Handled) -> None:
         with self._timed("publish", bool(handled.records or handled.then)):
-            self.bus.publish_many(handled.records)
-            self._count_published(handled.records)
+            if handled.records:
+                self.bus.publish_many(handled.records)
+                self._count_published(handled.records)
             if handled.then:
                 self.bus.publish_many(handled.then)
                 self._count_published(handled.then)
