@@ -104,8 +104,14 @@ class DecisionPolicy:
         thin_at = column.get("thin_history")
         decided: list[tuple[Decision, tuple[str, ...]]] = []
         fired: list[list[bool]] | None = None  # per row, whether each rule fired: when needed
+        thresholds = self.thresholds
+        below = thresholds.review if type(thresholds) is Thresholds else -math.inf
+        approved = (Decision.APPROVE, ())  # most payments: one tuple for all of them
         for i, score in enumerate(scores.tolist()):
-            decision, reasons = self.thresholds.decide(score)
+            if score < below:
+                decided.append(approved)
+                continue
+            decision, reasons = thresholds.decide(score)
             if decision is not Decision.APPROVE:
                 if fired is None:  # every rule over the whole batch at once
                     at = [c for c, _, _ in rules]
