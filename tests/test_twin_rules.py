@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import decimal
 import itertools
+import math
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -239,6 +240,22 @@ def test_variance_is_the_exact_population_variance_correctly_rounded(
     assert twin.amount_variance == expected_stats(outcomes, TwinPolicy())["amount_variance"]
 
 
+@given(st.lists(cst.amounts().map(lambda pair: pair[1]), min_size=1, max_size=25))
+def test_float_moments_are_the_floats_nearest_the_exact_mean_and_variance(
+    amounts: list[Decimal],
+) -> None:
+    twin = apply_outcomes(None, [live(txn(f"t{i}", amount=a)) for i, a in enumerate(amounts)])
+
+    assert twin is not None
+    n, exact = len(amounts), [Fraction(a) for a in amounts]
+    mean = sum(exact) / n
+    variance = sum((x - mean) ** 2 for x in exact) / n
+    assert twin.amount_moments == (float(mean), float(variance))  # Fraction: nearest float
+    assert attrs.evolve(twin, count=0).amount_moments == (0.0, 0.0)
+    broken = attrs.evolve(twin, amount_sum=Decimal("NaN")).amount_moments  # as the decimals
+    assert math.isnan(broken[0]) and math.isnan(broken[1])
+
+
 def test_variance_of_close_large_amounts_is_not_lost_to_rounding() -> None:
     amounts = ["100000000000.0001", "100000000000.0002"]
     twin = apply_outcomes(
@@ -247,6 +264,7 @@ def test_variance_of_close_large_amounts_is_not_lost_to_rounding() -> None:
 
     assert twin is not None
     assert twin.amount_variance == Decimal("2.5E-9")
+    assert twin.amount_moments[1] == 2.5e-9
 
 
 # --- history ------------------------------------------------------------------------------------

@@ -234,8 +234,8 @@ def _twin_row(txn: Transaction, twin: Twin | None) -> tuple[float, ...]:
     if twin is None or twin.count == 0:
         return _NO_HISTORY_ROW
     amount = float(txn.amount)
-    mean = float(twin.amount_mean)
-    std = math.sqrt(max(float(twin.amount_variance), 0.0))
+    mean, variance = twin.amount_moments
+    std = math.sqrt(max(variance, 0.0))
     ratio = min(max(math.log10(amount / max(mean, 0.01)), -2.0), 3.0)
     zscore = min(max((amount - mean) / max(std, 0.25 * mean, 0.01), -3.0), 10.0)
     # Times as exact epoch microseconds: the same comparisons and differences as datetimes'
