@@ -174,7 +174,7 @@ def _by_the_rules(payload: Any) -> Any:
     )
 )
 def test_the_fast_path_takes_only_what_the_rules_take_and_builds_the_same(payload: Any) -> None:
-    fast = wire._well_formed(payload)
+    fast = wire._well_formed(payload, False)
 
     if fast is not None:
         ruled = _by_the_rules(payload)
@@ -185,7 +185,7 @@ def test_the_fast_path_takes_only_what_the_rules_take_and_builds_the_same(payloa
 
 @given(cst.transactions())
 def test_the_fast_path_takes_what_corepay_writes(txn: Any) -> None:
-    assert wire._well_formed(_own_form(txn)) == txn
+    assert wire._well_formed(_own_form(txn), True) == txn
 
 
 _H1, _H5_30, _M5 = (timezone(timedelta(minutes=m)) for m in (60, 330, -300))
@@ -668,9 +668,13 @@ def test_a_twin_decoder_reuses_the_entries_it_decoded() -> None:
     assert again.history
 
 
-def test_the_same_fields_parse_to_the_same_transaction_and_any_other_text_to_its_own() -> None:
-    first = parse_transaction(dict(_OWN))
-    assert parse_transaction(dict(reversed(list(_OWN.items())))) is first  # built once
+def test_the_same_fields_decode_to_the_same_transaction_and_any_other_text_to_its_own() -> None:
+    first = decode_transaction(json.dumps(_OWN))
+    assert decode_transaction(json.dumps(dict(reversed(list(_OWN.items()))))) is first  # once
+    # What a producer sends is seen once: a request is neither looked up nor kept.
+    request = parse_transaction(dict(_OWN))
+    assert request == first and request is not first
+    assert parse_transaction(dict(_OWN)) is not request
     others = {
         "transaction_id": "txn-other",
         "customer_id": "cust-other",
@@ -683,17 +687,17 @@ def test_the_same_fields_parse_to_the_same_transaction_and_any_other_text_to_its
         "timestamp": "2026-11-24T10:30:00+01:00",  # the same instant, another offset
     }
     for field, text in others.items():
-        parsed = parse_transaction(_own(**{field: text}))
+        parsed = decode_transaction(json.dumps(_own(**{field: text})))
         assert parsed is not first
         assert repr(parsed) == repr(_by_the_rules(_own(**{field: text})))  # offsets, digits
     for refused in ({**_OWN, "extra": 1}, {**_OWN, "schema_version": 2}):
-        with pytest.raises(ValidationError):  # what the rules refuse stays refused
-            parse_transaction(refused)
+        with pytest.raises(DecodeError):  # what the rules refuse stays refused
+            decode_transaction(json.dumps(refused))
 
 
 def test_the_transactions_kept_for_reuse_are_bounded() -> None:
     for i in range(wire._KNOWN_TRANSACTIONS_MAX + 10):
-        parse_transaction(_own(transaction_id=f"txn-bound-{i}"))
+        decode_transaction(json.dumps(_own(transaction_id=f"txn-bound-{i}")))
     assert 0 < len(wire._KNOWN_TRANSACTIONS) <= wire._KNOWN_TRANSACTIONS_MAX
 
 

@@ -154,8 +154,15 @@ def parse_transaction(data: Any) -> Transaction:
     Raises:
         ValidationError: with one :class:`FieldError` per invalid, missing or unknown field.
     """
+    return _parse(data, remember=False)
+
+
+def _parse(data: Any, *, remember: bool) -> Transaction:
+    """:func:`parse_transaction`; ``remember``: a transaction read from the bus, which this
+    process may read again soon (see :data:`_KNOWN_TRANSACTIONS`). A request a producer sends
+    is seen once, so nothing is looked up or kept for it."""
     if type(data) is dict:
-        txn = _well_formed(data)
+        txn = _well_formed(data, remember)
         if txn is not None:
             return txn
     return _by_the_rules(data)
@@ -188,7 +195,7 @@ def _by_the_rules(data: Any) -> Transaction:
     return Transaction(**values)
 
 
-def _well_formed(data: dict[str, Any]) -> Transaction | None:
+def _well_formed(data: dict[str, Any], remember: bool) -> Transaction | None:
     """The transaction in ``data`` when it is plainly valid, else ``None``.
 
     The fast path for what well-behaved producers send (CorePay itself, on every hop): every
@@ -228,10 +235,11 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
         return None
     # The same fields are validated again on every hop (an outcome carries its transaction):
     # the same text makes the same transaction, so it is built once.
-    key = (tid, cid, amount, currency, mid, mcc, country, channel, stamp)
-    known = _KNOWN_TRANSACTIONS.get(key)
-    if known is not None:
-        return known
+    if remember:
+        key = (tid, cid, amount, currency, mid, mcc, country, channel, stamp)
+        known = _KNOWN_TRANSACTIONS.get(key)
+        if known is not None:
+            return known
     if not (
         _ID.fullmatch(tid)
         and _ID.fullmatch(cid)
@@ -256,7 +264,8 @@ def _well_formed(data: dict[str, Any]) -> Transaction | None:
     if not "1970" < stamp[:4] < "2999" and not _EARLIEST <= moment <= _LATEST:
         return None
     txn = Transaction(tid, cid, value, currency, mid, mcc, country, channel, _one_zone(moment))
-    _KNOWN_TRANSACTIONS[key] = txn
+    if remember:
+        _KNOWN_TRANSACTIONS[key] = txn
     _VALIDATED[id(txn)] = txn
     return txn
 
@@ -704,7 +713,7 @@ def _embedded_transaction(d: Any) -> Transaction:
     # Any producer can write to an outcome topic, so the embedded transaction is checked by
     # the same rules as at ingestion: a bad one is a DecodeError, never a bad key downstream.
     try:
-        return parse_transaction(d)
+        return _parse(d, remember=True)
     except ValidationError as exc:
         raise ValueError(f"embedded transaction: {exc}") from None
 
@@ -727,7 +736,7 @@ def decode_transaction(data: bytes | str | SupportsBytes) -> Transaction:
     if not isinstance(data, bytes | str):
         data = _bytes_of(data, "transaction")
     try:
-        return parse_transaction(_message_json(data))
+        return _parse(_message_json(data), remember=True)
     except ValidationError as exc:
         raise DecodeError(f"invalid transaction: {exc}") from None
 
