@@ -782,6 +782,8 @@ def test_outcomes_encoded_for_other_processes_are_decoded_anew(outcome: Any) -> 
         {"timings": {"decided_at": datetime(2026, 11, 25)}},
         {"timings": {"decided_at": date(2026, 11, 25)}},
         {"timings": {"decided_at": None}},
+        {"timings": {"decided_at": datetime(2026, 11, 25, tzinfo=UTC, fold=1)}},  # fold: lost
+        {"timings": {"ingested_at": datetime(2026, 11, 25, tzinfo=UTC, fold=1)}},
         {"transaction": {"amount": Decimal("0")}},  # not validated here (and invalid)
     ],
     ids=repr,

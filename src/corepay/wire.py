@@ -580,31 +580,53 @@ def _decodes_as_itself(outcome: Outcome, plain: set[int]) -> bool:
     """Whether decoding ``outcome``'s value gives an outcome equal to it, field by field and
     type by type: what the engine decides does; one built by hand need not. ``plain``: the
     ids of Timings found to decode as themselves already (this adds to it)."""
+    # Checked for every outcome published in one process (two a payment), so the checks are
+    # written out. A number: a float, finite (JSON has no NaN or infinity, and an int would
+    # come back a float); an int, within what orjson writes.
+    if type(outcome) is not Outcome:
+        return False
+    txn = outcome.transaction
+    if _VALIDATED.get(id(txn)) is not txn:
+        return False
+    score, reasons, version = outcome.score, outcome.reasons, outcome.model_version
+    twin_version, lag, error = outcome.twin_version, outcome.twin_lag, outcome.error
     return (
-        type(outcome) is Outcome
-        and _validated(outcome.transaction)
-        and type(outcome.path) is Path
+        type(outcome.path) is Path
         and type(outcome.decision) is Decision
-        and _plain_number(outcome.score)
-        and type(outcome.reasons) is tuple
-        and all(_plain_text(r) for r in outcome.reasons)
-        and _plain_text(outcome.model_version)
-        and (outcome.twin_version is None or _plain_int(outcome.twin_version))
-        and (outcome.twin_lag is None or _plain_int(outcome.twin_lag))
+        and (score is None or (type(score) is float and math.isfinite(score)))
+        and type(reasons) is tuple
+        and (not reasons or all(_plain_text(r) for r in reasons))
+        and type(version) is str
+        and (version.isascii() or _plain_text(version))
+        and (
+            twin_version is None
+            or (type(twin_version) is int and _INT64 <= twin_version < _UINT64_END)
+        )
+        and (lag is None or (type(lag) is int and _INT64 <= lag < _UINT64_END))
         and (outcome.fresh_decision is None or type(outcome.fresh_decision) is Decision)
-        and (outcome.error is None or _plain_text(outcome.error))
+        and (error is None or _plain_text(error))
         and (id(outcome.timings) in plain or _plain_timings(outcome.timings, plain))
     )
 
 
 def _plain_timings(timings: Timings, plain: set[int]) -> bool:
+    if type(timings) is not Timings:
+        return False
+    # (The live path's timings are each its own, so each is checked.) A time decodes as
+    # itself only in UTC itself: other zones come back as fixed offsets, rounded.
+    decided, ingested = timings.decided_at, timings.ingested_at
+    elapsed, gateway = timings.elapsed_ms, timings.gateway_ms
     if not (
-        type(timings) is Timings
-        and _plain_time(timings.decided_at)
-        and (timings.ingested_at is None or _plain_time(timings.ingested_at))
-        and type(timings.elapsed_ms) is float
-        and math.isfinite(timings.elapsed_ms)
-        and _plain_number(timings.gateway_ms)
+        type(decided) is datetime
+        and decided.tzinfo is UTC
+        and not decided.fold
+        and (
+            ingested is None
+            or (type(ingested) is datetime and ingested.tzinfo is UTC and not ingested.fold)
+        )
+        and type(elapsed) is float
+        and math.isfinite(elapsed)
+        and (gateway is None or (type(gateway) is float and math.isfinite(gateway)))
     ):
         return False
     plain.add(id(timings))  # (the outcome holds it, so the id is not reused meanwhile)
@@ -624,19 +646,8 @@ def _plain_text(value: object) -> bool:
     return True
 
 
-def _plain_int(value: object) -> bool:
-    # orjson writes integers of 64 bits (signed, or unsigned) and refuses larger ones.
-    return type(value) is int and -(2**63) <= value < 2**64
-
-
-def _plain_number(value: object) -> bool:
-    # JSON has no NaN or infinity (orjson writes null), and an int would come back a float.
-    return value is None or (type(value) is float and math.isfinite(value))
-
-
-def _plain_time(value: object) -> bool:
-    # Decoding gives UTC itself for +00:00; other zones come back as fixed offsets, rounded.
-    return type(value) is datetime and value.tzinfo is UTC and not value.fold
+#: The ints orjson writes: of 64 bits, signed or unsigned (it refuses larger ones).
+_INT64, _UINT64_END = -(2**63), 2**64
 
 
 def _validated(txn: Transaction) -> bool:
