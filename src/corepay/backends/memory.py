@@ -123,10 +123,7 @@ class MemoryBus(Bus):
         # One lock and one wake-up of the waiting consumers for the whole batch.
         timestamp_ms = int(time.time() * 1000)
         with self._lock:
-            deliveries = [
-                self._append(r.topic, r.key, v, r.headers, r.partition, timestamp_ms)
-                for r, v in zip(records, values, strict=True)
-            ]
+            deliveries = self._append(records, values, timestamp_ms)
             self._lock.notify_all()
         return deliveries
 
@@ -139,13 +136,7 @@ class MemoryBus(Bus):
         *,
         partition: int | None = None,
     ) -> Delivery:
-        self._check_value(value)
-        value = carry(value, set())
-        self._check_partition(topic, partition)
-        with self._lock:
-            delivery = self._append(topic, key, value, headers, partition, int(time.time() * 1000))
-            self._lock.notify_all()
-            return delivery
+        return self.publish_many([Record(topic, key, value, headers or {}, partition)])[0]
 
     @staticmethod
     def _check_value(value: object) -> None:
@@ -157,21 +148,24 @@ class MemoryBus(Bus):
 
     def _append(
         self,
-        topic: str,
-        key: str,
-        value: bytes | SupportsBytes,
-        headers: Mapping[str, str] | None,
-        partition: int | None,
+        records: Sequence[Record],
+        values: Sequence[bytes | SupportsBytes],
         timestamp_ms: int,
-    ) -> Delivery:
-        # Called with the lock held.
-        if partition is None:
-            partition = partition_for(key, self.partitions)
-        log = self._log(topic)[partition]
-        offset = len(log)
-        log.append((key, value, dict(headers) if headers else _NO_HEADERS, timestamp_ms))
-        self._published[topic].append((partition, offset))
-        return Delivery(topic, partition, offset)
+    ) -> list[Delivery]:
+        # Called with the lock held; ``values``: what to keep of each record's value.
+        logs, published, partitions = self._logs, self._published, self.partitions
+        deliveries = []
+        for record, value in zip(records, values, strict=True):
+            topic, key, headers = record.topic, record.key, record.headers
+            partition = record.partition
+            if partition is None:
+                partition = partition_for(key, partitions)
+            log = (logs.get(topic) or self._log(topic))[partition]
+            offset = len(log)
+            log.append((key, value, dict(headers) if headers else _NO_HEADERS, timestamp_ms))
+            published[topic].append((partition, offset))
+            deliveries.append(Delivery(topic, partition, offset))
+        return deliveries
 
     def consumer(self, group: str, topics: Sequence[str]) -> MemoryConsumer:
         if not topics:
