@@ -71,9 +71,9 @@ class Record:
     places it in that partition (which must exist), for an entry that must sit beside the
     messages it is about (see :meth:`Bus.publish`).
 
-    A plain (not frozen) class: a bus reads a record once, while publishing it, and keeps
-    nothing of the object. (A frozen attrs class costs about 40 ns more per field to build,
-    which several envelopes per payment made a few percent of the in-process throughput.)
+    A plain (not frozen) class: a bus reads a record once, while publishing it, and keeps no
+    reference to it. (A frozen attrs class costs about 40 ns more per field to build, which
+    several envelopes per payment made a few percent of the in-process throughput.)
     """
 
     topic: str
