@@ -175,6 +175,7 @@ def _by_the_rules(payload: Any) -> Any:
 )
 def test_the_fast_path_takes_only_what_the_rules_take_and_builds_the_same(payload: Any) -> None:
     fast = wire._well_formed(payload, False)
+    assert wire._well_formed(payload, True) == fast  # looked up and kept, or not: the same
 
     if fast is not None:
         ruled = _by_the_rules(payload)
@@ -693,6 +694,8 @@ def test_the_same_fields_decode_to_the_same_transaction_and_any_other_text_to_it
     for refused in ({**_OWN, "extra": 1}, {**_OWN, "schema_version": 2}):
         with pytest.raises(DecodeError):  # what the rules refuse stays refused
             decode_transaction(json.dumps(refused))
+        with pytest.raises(ValidationError):
+            parse_transaction(refused)
 
 
 def test_the_transactions_kept_for_reuse_are_bounded() -> None:

@@ -207,6 +207,11 @@ class HistoryEntry:
     )
 
 
+#: Sums of amounts (at most 10**12, 4 places) are far inside these powers of ten; past them,
+#: integer fractions get slow (and a float overflows), so the decimals' own way is taken.
+_MOMENTS_DIGITS = 100
+
+
 def _ids_in_order(ids: Iterable[str]) -> dict[str, None]:
     """A dict as it is, anything else as the keys of a new dict: an ordered set of ids."""
     return ids if type(ids) is dict else dict.fromkeys(ids)
@@ -240,7 +245,8 @@ class Twin:
     countries: Mapping[str, int]
     channels: Mapping[str, int]
     history: tuple[HistoryEntry, ...]
-    applied: Mapping[str, None] = attrs.field(converter=_ids_in_order)
+    # Compared in order (dicts compare as sets): the order decides which id goes first.
+    applied: Mapping[str, None] = attrs.field(converter=_ids_in_order, eq=tuple)
 
     @property
     def amount_mean(self) -> Decimal:
@@ -267,7 +273,12 @@ class Twin:
         n, total, squares = self.count, self.amount_sum, self.amount_sumsq
         if not n:
             return 0.0, 0.0
-        if not (total.is_finite() and squares.is_finite()):  # not from apply_outcomes
+        if not (
+            total.is_finite()
+            and squares.is_finite()
+            and -_MOMENTS_DIGITS < total.adjusted() < _MOMENTS_DIGITS
+            and -_MOMENTS_DIGITS < squares.adjusted() < _MOMENTS_DIGITS
+        ):  # not sums of amounts apply_outcomes takes: as the decimals give them
             return float(self.amount_mean), float(self.amount_variance)
         a, b = total.as_integer_ratio()
         c, d = squares.as_integer_ratio()

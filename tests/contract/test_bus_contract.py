@@ -218,6 +218,19 @@ def test_a_record_given_a_partition_goes_there_whatever_its_key(
     assert len(bus.replay(topic, range(bus_factory.partitions))) == len(replayed)
 
 
+def test_a_replay_of_a_partition_that_does_not_exist_is_refused(
+    bus_factory: BusFactory, fresh_name: Names
+):
+    memory_only(bus_factory, "the memory bus checks the partitions a replay asks for")
+    bus = bus_factory()
+    topic = new_topic(bus, fresh_name)
+    bus.publish(topic, fresh_name("customer"), b"kept")
+    for missing in (-1, bus_factory.partitions):
+        with pytest.raises(ConfigurationError, match="no partition"):
+            bus.replay(topic, [missing])
+    assert [m.value for m in bus.replay(topic, range(bus_factory.partitions))] == [b"kept"]
+
+
 def test_headers_round_trip(bus_factory: BusFactory, fresh_name: Names):
     bus = bus_factory()
     topic = new_topic(bus, fresh_name)

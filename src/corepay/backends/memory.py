@@ -45,15 +45,15 @@ _Entry = tuple[str, "bytes | SupportsBytes", Mapping[str, str], int]
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})  # only ever copied out
 
 
-def _messages(topic: str, partition: int, first: int, entries: Iterable[_Entry]) -> list[Message]:
-    """Messages for ``entries`` of one partition's log, the first at offset ``first``.
+def _messages(topic: str, partition: int, entries: Iterable[tuple[int, _Entry]]) -> list[Message]:
+    """Messages for ``(offset, entry)`` pairs of one partition's log.
 
     New objects on every call, headers included: as from Kafka, what a consumer gets is its
     own, and nothing it changes reaches another consumer or a later delivery.
     """
     return [
         Message(topic, partition, offset, key, value, dict(headers) if headers else {}, at)
-        for offset, (key, value, headers, at) in enumerate(entries, first)
+        for offset, (key, value, headers, at) in entries
     ]
 
 
@@ -185,19 +185,20 @@ class MemoryBus(Bus):
         with self._lock:
             log = self._log(topic)
             since = since_ms or 0
-            return [
-                m
-                for p in partitions
-                for m in _messages(topic, p, 0, log[p])
-                if m.timestamp_ms >= since
-            ]
+            found: list[Message] = []
+            for p in partitions:
+                self._check_partition(topic, p)
+                found += _messages(
+                    topic, p, [(o, e) for o, e in enumerate(log[p]) if e[3] >= since]
+                )
+            return found
 
     def messages(self, topic: str) -> list[Message]:
         """Every message ever published to ``topic``, in publication order."""
         with self._lock:
             logs = self._logs.get(topic, ())
             return [
-                _messages(topic, p, offset, [logs[p][offset]])[0]
+                _messages(topic, p, [(offset, logs[p][offset])])[0]
                 for p, offset in self._published.get(topic, ())
             ]
 
@@ -305,7 +306,7 @@ class MemoryConsumer(Consumer):
             if len(log) == position:
                 continue  # nothing new (an idle poll finds every partition so)
             taken = log[position : position + max_records - len(batch)]
-            batch.extend(_messages(tp.topic, tp.partition, position, taken))
+            batch.extend(_messages(tp.topic, tp.partition, enumerate(taken, position)))
             positions[tp] = position + len(taken)
             if len(batch) >= max_records:
                 break
