@@ -876,7 +876,7 @@ def _twin_from(
         countries=dict(d["countries"]),
         channels=dict(d["channels"]),
         history=tuple(history),
-        applied=dict.fromkeys(d["applied"]),
+        applied=d["applied"],  # (Twin makes the list its ordered dict)
     )
 
 

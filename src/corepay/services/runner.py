@@ -276,12 +276,10 @@ class ConsumerService(ABC):
 
     def _publish(self, handled: Handled) -> None:
         with self._timed("publish", bool(handled.records or handled.then)):
-            if handled.records:
-                self.bus.publish_many(handled.records)
-                self._count_published(handled.records)
-            if handled.then:
-                self.bus.publish_many(handled.then)
-                self._count_published(handled.then)
+            for records in (handled.records, handled.then):  # ``then``: once the first is out
+                if records:
+                    self.bus.publish_many(records)
+                    self._count_published(records)
 
     def _timed(self, stage: str, active: bool) -> AbstractContextManager[None]:
         # Idle polls (nothing read, nothing to publish) are not timed: they would bury the
@@ -296,8 +294,6 @@ class ConsumerService(ABC):
             labelled(counter, self.service, topic).inc(n)
 
     def _count_published(self, records: Sequence[Record]) -> None:
-        if not records:
-            return
         self._count(MESSAGES_PRODUCED, (r.topic for r in records))
         self._count(
             DEAD_LETTERS,
