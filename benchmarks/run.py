@@ -1,13 +1,15 @@
 """CorePay benchmarks: throughput, latency and memory, each against a baseline in the same run.
 
-    python -m benchmarks.run [--quick] [--kafka HOST:PORT] [--json FILE]
+    python -m benchmarks.run [--quick] [--repeat N] [--kafka HOST:PORT] [--json FILE]
 
 Prints a table and writes it as JSON (``benchmarks/results.json`` unless ``--json``), ending with
 whether each of the targets for a 2-core machine is met. Parts:
 
 1. ``in_process``: generated payments through the whole pipeline in one process on the memory
    backends (100,000 by default): transactions per second, and latency from the ingestion
-   stamp to the detector's verdict (p50, p99), for batches of 500, 50 and 25.
+   stamp to the detector's verdict (p50, p99), for batches of 500, 50 and 25. Each is run
+   ``--repeat`` times (3), in turns with the other batch sizes and the bare loop, and reported
+   as the median of its runs with their range: one run on a shared machine is one draw.
 2. ``baseline_python``: the same per-transaction work in a bare Python loop, no framework:
    parse and check the request, features, both models scored per batch with numpy, the
    simulated gateway, a dict twin per customer, the comparison. CorePay's overhead is the
@@ -37,6 +39,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -158,6 +161,41 @@ def _bare_loop(
                 twins.get(txn.customer_id), live_decision(txn, decision, "baseline")
             )
     return diverged
+
+
+def _medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of one benchmark, repeated: the median of each figure (rate, latency percentiles,
+    time per payment) with every run's rate and p99 as they came, in the order they ran."""
+    first = runs[0]
+    summary = {**first, "tps": round(statistics.median(r["tps"] for r in runs), 1)}
+    summary["seconds"] = round(statistics.median(r["seconds"] for r in runs), 2)
+    if "latency_ms" in first:
+        summary["latency_ms"] = {
+            key: round(statistics.median(r["latency_ms"][key] for r in runs), 3)
+            for key in first["latency_ms"]
+        }
+    if "processing_us_per_txn" in first:
+        summary["processing_us_per_txn"] = round(
+            statistics.median(r["processing_us_per_txn"] for r in runs), 1
+        )
+    summary["runs"] = [
+        {"tps": r["tps"], **({"p99_ms": r["latency_ms"]["p99"]} if "latency_ms" in r else {})}
+        for r in runs
+    ]
+    return summary
+
+
+def _spread(summary: dict[str, Any]) -> str:
+    """ "median of 3: 19,836-20,782 txn/s, p99 1.50-1.59 ms", or "" for a single run."""
+    runs = summary["runs"]
+    if len(runs) < 2:
+        return ""
+    rates = [r["tps"] for r in runs]
+    text = f"median of {len(runs)}: {min(rates):,.0f}-{max(rates):,.0f} txn/s"
+    if "p99_ms" in runs[0]:
+        p99s = [r["p99_ms"] for r in runs]
+        text += f", p99 {min(p99s):.2f}-{max(p99s):.2f} ms"
+    return text
 
 
 def _rate(count: int, batch_size: int, elapsed: float) -> dict[str, Any]:
@@ -482,24 +520,38 @@ def baseline_kafka(bootstrap: str, count: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a minute or so")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        metavar="N",
+        help="runs of each in-process benchmark and the bare loop, in turns; the median is "
+        "reported (default 3)",
+    )
     parser.add_argument("--kafka", metavar="HOST:PORT", help="also benchmark over this broker")
     parser.add_argument("--json", type=Path, default=HERE / "results.json")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, not {args.repeat}")
     n = 20_000 if args.quick else 100_000
     default_model("live"), default_model("simulation")  # trained before anything is timed
     results: dict[str, Any] = {
         "quick": args.quick,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    results["in_process"] = [
-        # Every batch size over all n payments: customers' twins fill up as a run goes on
-        # (their history after 20 payments, their applied ids for longer), so a shorter run
-        # of the small batches would be measured on smaller twins than the large batch.
-        in_process(n, 2000, 500),
-        in_process(n, 2000, 50),
-        in_process(n, 2000, 25),
-    ]
-    results["baseline_python"] = baseline_python(n, 2000, 500)
+    # Every batch size over all n payments: customers' twins fill up as a run goes on (their
+    # history after 20 payments, their applied ids for longer), so a shorter run of the small
+    # batches would be measured on smaller twins than the large batch. In turns, repeated: a
+    # busy spell of the machine then moves one run of each, not every run of one.
+    batches = (500, 50, 25)
+    runs: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    bare: list[dict[str, Any]] = []
+    for _ in range(args.repeat):
+        for batch in batches:
+            runs[batch].append(in_process(n, 2000, batch))
+        bare.append(baseline_python(n, 2000, 500))
+    results["in_process"] = [_medians(runs[batch]) for batch in batches]
+    results["baseline_python"] = _medians(bare)
     results["overhead_vs_python"] = round(
         results["baseline_python"]["tps"] / results["in_process"][0]["tps"], 2
     )
@@ -536,11 +588,15 @@ def _table(r: dict[str, Any]) -> str:
             f"stamp->verdict p50 {lat['p50']:.1f} ms  p99 {lat['p99']:.1f} ms  "
             f"({run['processing_us_per_txn']:.0f} us of work per txn, {run['transactions']:,} txns)"
         )
+        if spread := _spread(run):
+            lines.append(f"    {spread}")
     b = r["baseline_python"]
     lines.append(
         f"bare Python loop, batch 500: {b['tps']:>7,.0f} txn/s   "
         f"CorePay overhead x{r['overhead_vs_python']} (baseline rate / CorePay rate)"
     )
+    if spread := _spread(b):
+        lines.append(f"    {spread}")
     api = r["ingestion_api"]
     for name in ("single", "batch_of_100"):
         x = api[name]
@@ -636,18 +692,24 @@ def _targets(r: dict[str, Any]) -> list[str]:
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
 
-    # Both at once: the fastest run among those whose p99 is within the target (a bigger
-    # batch is faster, and every payment waits for its whole batch).
-    runs = r["in_process"]
-    within = [x for x in runs if x["latency_ms"]["p99"] <= TARGET_IN_PROCESS_P99_MS]
-    best = max(within or runs, key=lambda run: run["tps"])
+    # Both at once: the fastest batch size among those whose p99 is within the target (a
+    # bigger batch is faster, and every payment waits for its whole batch), on the medians
+    # of its runs; how many of those runs met both on their own is said too.
+    sizes = r["in_process"]
+    within = [x for x in sizes if x["latency_ms"]["p99"] <= TARGET_IN_PROCESS_P99_MS]
+    best = max(within or sizes, key=lambda size: size["tps"])
+    runs = best.get("runs", [])
+    met = sum(
+        x["tps"] >= TARGET_IN_PROCESS_TPS and x["p99_ms"] <= TARGET_IN_PROCESS_P99_MS for x in runs
+    )
+    each = f"; {met} of its {len(runs)} runs met both" if len(runs) > 1 else ""
     lines = [
         "",
         f"target in process: >= {TARGET_IN_PROCESS_TPS:,} txn/s with p99 <= "
         f"{TARGET_IN_PROCESS_P99_MS:g} ms: "
-        + ("fastest run within that p99" if within else "no run within that p99; fastest")
+        + ("fastest batch within that p99" if within else "no batch within that p99; fastest")
         + f" {best['tps']:,.0f} txn/s, p99 {best['latency_ms']['p99']:.2f} ms "
-        f"(batch {best['batch_size']}): "
+        f"(batch {best['batch_size']}{', medians' if len(runs) > 1 else ''}{each}): "
         + verdict(bool(within) and best["tps"] >= TARGET_IN_PROCESS_TPS),
     ]
     k = r.get("kafka_pipeline")
