@@ -167,15 +167,23 @@ class GroupDeliveryMachine(RuleBasedStateMachine):
     Checked: members own disjoint partitions covering the topic; each member reads a partition
     in order from the group's committed offset without gaps; nothing committed is delivered
     again; and at the end every published message has been delivered.
+
+    With a retention (``RETENTION``), the model drops a partition's oldest messages as the bus
+    says it does, and a member further behind reads on from the oldest message kept.
     """
+
+    RETENTION: int | None = None
 
     def __init__(self) -> None:
         super().__init__()
-        self.bus = MemoryBus(partitions=PARTITIONS)
+        self.bus = MemoryBus(partitions=PARTITIONS, retention_messages=self.RETENTION)
         self.bus.ensure_topics([TOPIC])
         self.logs: dict[TopicPartition, list[bytes]] = {
             TopicPartition(TOPIC, p): [] for p in range(PARTITIONS)
         }
+        #: Offset of the oldest message each partition keeps.
+        self.starts = dict.fromkeys(self.logs, 0)
+        self.where: dict[bytes, tuple[TopicPartition, int]] = {}
         self.published: list[bytes] = []
         self.delivered: set[bytes] = set()
         self.committed: dict[TopicPartition, int] = {}
@@ -198,7 +206,8 @@ class GroupDeliveryMachine(RuleBasedStateMachine):
             tp = message.topic_partition
             assert tp in owned
             assert message.offset >= self.committed.get(tp, 0), "a committed message came back"
-            assert message.offset == member.positions.get(tp, self.committed.get(tp, 0))
+            position = member.positions.get(tp, self.committed.get(tp, 0))
+            assert message.offset == max(position, self.starts[tp])
             assert message.value == self.logs[tp][message.offset]
             member.positions[tp] = message.offset + 1
             self.delivered.add(message.value)
@@ -209,10 +218,17 @@ class GroupDeliveryMachine(RuleBasedStateMachine):
         for _ in range(count):
             value = f"message {len(self.published)}".encode()
             delivery = self.bus.publish(TOPIC, key, value)
-            log = self.logs[TopicPartition(TOPIC, delivery.partition)]
+            tp = TopicPartition(TOPIC, delivery.partition)
+            log = self.logs[tp]
             assert delivery.offset == len(log)
             log.append(value)
+            self.where[value] = (tp, delivery.offset)
             self.published.append(value)
+            if self.RETENTION is not None and len(log) - self.starts[tp] >= 2 * self.RETENTION:
+                self.starts[tp] = len(log) - self.RETENTION
+
+    def _kept(self) -> list[bytes]:
+        return [v for v in self.published if self.where[v][1] >= self.starts[self.where[v][0]]]
 
     @precondition(lambda self: len(self.members) < PARTITIONS)
     @rule()
@@ -271,6 +287,15 @@ class GroupDeliveryMachine(RuleBasedStateMachine):
     def the_group_committed_what_the_model_says(self) -> None:
         assert self.bus.committed(GROUP) == self.committed
 
+    @invariant()
+    def the_bus_keeps_what_the_model_says_in_publication_order(self) -> None:
+        assert [m.value for m in self.bus.messages(TOPIC)] == self._kept()
+        for p in range(PARTITIONS):
+            tp = TopicPartition(TOPIC, p)
+            replayed = self.bus.replay(TOPIC, [p])
+            assert [m.offset for m in replayed] == list(range(self.starts[tp], len(self.logs[tp])))
+            assert [m.value for m in replayed] == self.logs[tp][self.starts[tp] :]
+
     def teardown(self) -> None:
         if not self.members:
             self.join()
@@ -279,7 +304,10 @@ class GroupDeliveryMachine(RuleBasedStateMachine):
             drained = not any([self._poll(member, 500) for member in self.members])
             for index in range(len(self.members)):
                 self.commit_all_polled(index)
-        assert self.delivered == set(self.published), "a published message was never delivered"
+        assert set(self._kept()) <= self.delivered, "a message kept was never delivered"
+        assert self.delivered <= set(self.published)
+        if self.RETENTION is None:
+            assert self.delivered == set(self.published)
         assert self.bus.lag(GROUP, TOPIC) == 0
         for member in self.members:
             member.consumer.close()
@@ -287,3 +315,11 @@ class GroupDeliveryMachine(RuleBasedStateMachine):
 
 GroupDeliveryMachine.TestCase.settings = MACHINE_SETTINGS
 test_memory_bus_group_delivery_matches_a_list = GroupDeliveryMachine.TestCase
+
+
+class RetainedGroupDeliveryMachine(GroupDeliveryMachine):
+    RETENTION = 2
+
+
+RetainedGroupDeliveryMachine.TestCase.settings = MACHINE_SETTINGS
+test_memory_bus_with_retention_matches_a_list = RetainedGroupDeliveryMachine.TestCase

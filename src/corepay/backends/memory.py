@@ -7,12 +7,18 @@ are redelivered after a member leaves, a commit for a partition the member lost 
 is kept as the immutable value it is, and a stale compare-and-swap raises
 :class:`~corepay.errors.ConflictError`. Both are thread-safe and live only as long as the process.
 
-URL: ``memory://`` (options: ``?partitions=N`` for the bus, default 4).
+The bus keeps every message unless given a retention (``retention_messages``): then, as on
+Kafka, old messages are dropped whether or not anyone read them, and a consumer group that
+was further behind than that reads on from the oldest message kept.
+
+URL: ``memory://`` (options for the bus: ``?partitions=N``, default 4, and
+``retention_messages=N``, default none).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 import zlib
@@ -28,6 +34,8 @@ from corepay.wire import carry, encode_twin
 
 __all__ = ["MemoryBus", "MemoryTwinStore", "partition_for"]
 
+logger = logging.getLogger(__name__)
+
 
 def partition_for(key: str, partitions: int) -> int:
     """The partition a key lands in: stable across processes and runs (unlike ``hash``)."""
@@ -40,9 +48,26 @@ class _Group:
         self.committed: dict[TopicPartition, int] = {}
 
 
-#: What a partition's log keeps of a message: key, value, headers, timestamp (ms).
-_Entry = tuple[str, "bytes | SupportsBytes", Mapping[str, str], int]
+#: What a partition's log keeps of a message: key, value, headers, timestamp (ms), and its
+#: place in the order of everything the bus took (which :meth:`MemoryBus.messages` follows).
+_Entry = tuple[str, "bytes | SupportsBytes", Mapping[str, str], int, int]
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})  # only ever copied out
+
+
+class _Log(list[_Entry]):
+    """A partition's messages, oldest kept first; ``start`` is the offset of the first (the
+    log start offset: above 0 once retention dropped messages)."""
+
+    __slots__ = ("start",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start = 0
+
+    @property
+    def end(self) -> int:
+        """The offset the next message gets."""
+        return self.start + len(self)
 
 
 def _messages(topic: str, partition: int, entries: Iterable[tuple[int, _Entry]]) -> list[Message]:
@@ -53,41 +78,64 @@ def _messages(topic: str, partition: int, entries: Iterable[tuple[int, _Entry]])
     """
     return [
         Message(topic, partition, offset, key, value, dict(headers) if headers else {}, at)
-        for offset, (key, value, headers, at) in entries
+        for offset, (key, value, headers, at, _) in entries
     ]
 
 
 class MemoryBus(Bus):
-    """A partitioned in-process bus with Kafka's consumer-group semantics."""
+    """A partitioned in-process bus with Kafka's consumer-group semantics.
+
+    Args:
+        partitions: of every topic.
+        retention_messages: the messages each partition keeps at least (``None``: every
+            message, for as long as the bus lives). As Kafka drops whole log segments, a
+            partition drops its oldest messages in one step once it holds twice as many, so
+            it holds up to twice this many. For long runs in one process, whose memory
+            otherwise grows with every payment. Whatever is dropped is gone for
+            :meth:`replay` too: with a twin store that does not outlive the process, a twin
+            service that starts later rebuilds only what is still kept.
+    """
 
     in_process = True
 
-    def __init__(self, partitions: int = 4) -> None:
+    def __init__(self, partitions: int = 4, *, retention_messages: int | None = None) -> None:
         if partitions < 1:
             raise ConfigurationError("partitions must be at least 1")
+        if retention_messages is not None and (
+            type(retention_messages) is not int or retention_messages < 1
+        ):
+            raise ConfigurationError(
+                f"retention_messages must be a whole number of at least 1 (or None), "
+                f"not {retention_messages!r}"
+            )
         self.partitions = partitions
+        self.retention_messages = retention_messages
         self._lock = threading.Condition(threading.RLock())
-        self._logs: dict[str, list[list[_Entry]]] = {}
-        self._published: dict[str, list[tuple[int, int]]] = {}
+        self._logs: dict[str, list[_Log]] = {}
+        self._taken = itertools.count()  # the order the bus took messages in, over all topics
         self._groups: dict[str, _Group] = {}
         self._member_ids = itertools.count(1)
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, str]) -> MemoryBus:
-        unknown = set(options) - {"partitions"}
+        unknown = set(options) - {"partitions", "retention_messages"}
         if unknown:
             raise ConfigurationError(f"unknown memory bus option(s): {', '.join(sorted(unknown))}")
-        try:
-            partitions = int(options.get("partitions", "4"))
-        except ValueError:
-            raise ConfigurationError("memory bus option partitions must be an integer") from None
-        return cls(partitions=partitions)
+        numbers: dict[str, int] = {}
+        for name in ("partitions", "retention_messages"):
+            if name in options:
+                try:
+                    numbers[name] = int(options[name])
+                except ValueError:
+                    raise ConfigurationError(
+                        f"memory bus option {name} must be an integer, not {options[name]!r}"
+                    ) from None
+        return cls(**numbers)
 
-    def _log(self, topic: str) -> list[list[_Entry]]:
+    def _log(self, topic: str) -> list[_Log]:
         log = self._logs.get(topic)
         if log is None:
-            log = self._logs[topic] = [[] for _ in range(self.partitions)]
-            self._published[topic] = []
+            log = self._logs[topic] = [_Log() for _ in range(self.partitions)]
             for group in self._groups.values():
                 if any(topic in m.topics for m in group.members):
                     self._rebalance(group)
@@ -153,7 +201,7 @@ class MemoryBus(Bus):
         timestamp_ms: int,
     ) -> list[Delivery]:
         # Called with the lock held; ``values``: what to keep of each record's value.
-        logs, published, partitions = self._logs, self._published, self.partitions
+        logs, partitions, taken = self._logs, self.partitions, self._taken
         deliveries = []
         for record, value in zip(records, values, strict=True):
             topic, key, headers = record.topic, record.key, record.headers
@@ -161,11 +209,32 @@ class MemoryBus(Bus):
             if partition is None:
                 partition = partition_for(key, partitions)
             log = (logs.get(topic) or self._log(topic))[partition]
-            offset = len(log)
-            log.append((key, value, dict(headers) if headers else _NO_HEADERS, timestamp_ms))
-            published[topic].append((partition, offset))
+            offset = log.start + len(log)
+            log.append(
+                (
+                    key,
+                    value,
+                    dict(headers) if headers else _NO_HEADERS,
+                    timestamp_ms,
+                    next(taken),
+                )
+            )
             deliveries.append(Delivery(topic, partition, offset))
+        if self.retention_messages is not None:
+            self._retain({(d.topic, d.partition) for d in deliveries})
         return deliveries
+
+    def _retain(self, partitions: Iterable[tuple[str, int]]) -> None:
+        # Called with the lock held: drop the oldest messages of partitions that hold twice
+        # their retention, down to it (in one step, so each message is moved about once).
+        keep = self.retention_messages
+        assert keep is not None
+        for topic, partition in partitions:
+            log = self._logs[topic][partition]
+            if len(log) >= 2 * keep:
+                dropped = len(log) - keep
+                del log[:dropped]
+                log.start += dropped
 
     def consumer(self, group: str, topics: Sequence[str]) -> MemoryConsumer:
         if not topics:
@@ -189,18 +258,21 @@ class MemoryBus(Bus):
             for p in partitions:
                 self._check_partition(topic, p)
                 found += _messages(
-                    topic, p, [(o, e) for o, e in enumerate(log[p]) if e[3] >= since]
+                    topic, p, [(o, e) for o, e in enumerate(log[p], log[p].start) if e[3] >= since]
                 )
             return found
 
     def messages(self, topic: str) -> list[Message]:
-        """Every message ever published to ``topic``, in publication order."""
+        """Every message published to ``topic`` (that its retention, if any, still keeps),
+        in publication order."""
         with self._lock:
-            logs = self._logs.get(topic, ())
-            return [
-                _messages(topic, p, [(offset, logs[p][offset])])[0]
-                for p, offset in self._published.get(topic, ())
+            kept = [
+                (entry[4], p, offset, entry)
+                for p, log in enumerate(self._logs.get(topic, ()))
+                for offset, entry in enumerate(log, log.start)
             ]
+            kept.sort(key=lambda found: found[0])
+            return [_messages(topic, p, [(offset, entry)])[0] for _, p, offset, entry in kept]
 
     def topics(self) -> list[str]:
         with self._lock:
@@ -213,11 +285,11 @@ class MemoryBus(Bus):
             return dict(state.committed) if state else {}
 
     def lag(self, group: str, topic: str) -> int:
-        """Messages of ``topic`` the group has not committed yet."""
+        """Messages of ``topic`` the group has not committed yet (of those still kept)."""
         with self._lock:
             committed = self._groups[group].committed if group in self._groups else {}
             return sum(
-                len(log) - committed.get(TopicPartition(topic, p), 0)
+                log.end - max(committed.get(TopicPartition(topic, p), 0), log.start)
                 for p, log in enumerate(self._logs.get(topic, ()))
             )
 
@@ -302,22 +374,44 @@ class MemoryConsumer(Consumer):
         logs, positions = self._bus._logs, self._positions
         for tp in partitions[self._rotation :] + partitions[: self._rotation]:
             log = logs[tp.topic][tp.partition]
-            position = positions[tp]
-            if len(log) == position:
+            position, start = positions[tp], log.start
+            if start + len(log) == position:
                 continue  # nothing new (an idle poll finds every partition so)
-            taken = log[position : position + max_records - len(batch)]
+            if position < start:
+                self._skip_dropped(tp, position, start)
+                position = start
+            at = position - start
+            taken = log[at : at + max_records - len(batch)]
             batch.extend(_messages(tp.topic, tp.partition, enumerate(taken, position)))
             positions[tp] = position + len(taken)
             if len(batch) >= max_records:
                 break
         return batch
 
+    def _skip_dropped(self, tp: TopicPartition, position: int, start: int) -> None:
+        # Kafka's answer to a position retention has dropped (auto.offset.reset=earliest, as
+        # CorePay's Kafka consumers have it): read on from the oldest message kept.
+        logger.warning(
+            "%s of group %s: %s[%d] dropped offsets %d-%d before they were read (the bus's "
+            "retention is %s messages a partition); reading on from %d",
+            self.member_id,
+            self.group,
+            tp.topic,
+            tp.partition,
+            position,
+            start - 1,
+            self._bus.retention_messages,
+            start,
+            extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
+        )
+
     def lag(self) -> dict[TopicPartition, int]:
         with self._bus._lock:
-            return {
-                tp: len(self._bus._logs[tp.topic][tp.partition]) - position
-                for tp, position in self._positions.items()
-            }
+            lags = {}
+            for tp, position in self._positions.items():
+                log = self._bus._logs[tp.topic][tp.partition]
+                lags[tp] = log.end - max(position, log.start)
+            return lags
 
     def commit(
         self, offsets: Mapping[TopicPartition, int] | None = None, *, wait: bool = True

@@ -1,0 +1,122 @@
+"""The memory bus's retention: a bound on what a long run in one process keeps.
+
+(The model-based test of retention with consumer groups is in test_memory_stateful.)
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from corepay import MemoryBus, MemoryTwinStore, Pipeline, TrafficGenerator
+from corepay.backends import open_bus
+from corepay.bus import LIVE_OUTCOME, Record, TopicPartition
+from corepay.errors import ConfigurationError
+
+
+def _fill(bus: MemoryBus, count: int, first: int = 0, topic: str = "payments") -> None:
+    for i in range(first, first + count):
+        bus.publish(topic, "customer-1", f"m{i}".encode(), partition=0)
+
+
+def test_a_partition_drops_its_oldest_in_one_step_at_twice_its_retention() -> None:
+    bus = MemoryBus(partitions=2, retention_messages=3)
+    _fill(bus, 5)
+    assert [m.offset for m in bus.replay("payments", [0])] == [0, 1, 2, 3, 4]
+    _fill(bus, 1, first=5)  # six: twice three, so down to the newest three
+    kept = bus.replay("payments", [0])
+    assert [(m.offset, m.value) for m in kept] == [(3, b"m3"), (4, b"m4"), (5, b"m5")]
+    # Offsets go on from where they were, as on Kafka.
+    assert bus.publish("payments", "customer-1", b"next", partition=0).offset == 6
+    assert [m.value for m in bus.messages("payments")] == [b"m3", b"m4", b"m5", b"next"]
+    # The other partition is not touched.
+    assert bus.publish("payments", "customer-2", b"other", partition=1).offset == 0
+
+
+def test_without_a_retention_every_message_is_kept() -> None:
+    bus = MemoryBus(partitions=1)
+    _fill(bus, 1000)
+    assert len(bus.messages("payments")) == 1000
+    assert bus.retention_messages is None
+
+
+def test_a_batch_published_at_once_is_trimmed_once_it_is_in() -> None:
+    bus = MemoryBus(partitions=1, retention_messages=2)
+    deliveries = bus.publish_many([Record("t", "k", f"{i}".encode()) for i in range(7)])
+    assert [d.offset for d in deliveries] == list(range(7))
+    assert [m.offset for m in bus.replay("t", [0])] == [5, 6]
+
+
+def test_messages_keep_publication_order_across_partitions_and_topics() -> None:
+    bus = MemoryBus(partitions=3, retention_messages=100)
+    order = []
+    for i in range(30):
+        value = f"v{i}".encode()
+        bus.publish("a" if i % 4 else "b", f"customer-{i % 7}", value)
+        order.append(value)
+    assert [m.value for m in bus.messages("a")] == [v for i, v in enumerate(order) if i % 4]
+    assert [m.value for m in bus.messages("b")] == [v for i, v in enumerate(order) if not i % 4]
+
+
+def test_a_group_behind_the_retention_reads_on_from_the_oldest_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = MemoryBus(partitions=1, retention_messages=2)
+    consumer = bus.consumer("late", ["payments"])
+    _fill(bus, 4)  # offsets 0-3, then only 2 and 3 are kept
+    assert consumer.lag() == {TopicPartition("payments", 0): 2}
+    assert bus.lag("late", "payments") == 2
+    with caplog.at_level(logging.WARNING, logger="corepay.backends.memory"):
+        got = consumer.poll(max_records=10, timeout=0)
+    assert [(m.offset, m.value) for m in got] == [(2, b"m2"), (3, b"m3")]
+    (record,) = caplog.records
+    assert "payments[0] dropped offsets 0-1 before they were read" in record.getMessage()
+    assert "retention is 2 messages a partition" in record.getMessage()
+    assert "reading on from 2" in record.getMessage()
+    consumer.commit()
+    assert bus.committed("late") == {TopicPartition("payments", 0): 4}
+    assert bus.lag("late", "payments") == 0
+    consumer.close()
+
+
+def test_replay_since_a_time_sees_only_what_is_kept() -> None:
+    bus = MemoryBus(partitions=1, retention_messages=2)
+    _fill(bus, 4)
+    assert [m.value for m in bus.replay("payments", [0], since_ms=1)] == [b"m2", b"m3"]
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "3", True])
+def test_a_retention_that_is_not_a_positive_whole_number_is_refused(bad: object) -> None:
+    with pytest.raises(ConfigurationError, match="retention_messages must be a whole number"):
+        MemoryBus(retention_messages=bad)  # type: ignore[arg-type]
+
+
+def test_the_url_option_sets_it() -> None:
+    with open_bus("memory://?partitions=2&retention_messages=50") as bus:
+        assert isinstance(bus, MemoryBus)
+        assert (bus.partitions, bus.retention_messages) == (2, 50)
+    with pytest.raises(ConfigurationError, match="retention_messages must be an integer, not 'x'"):
+        open_bus("memory://?retention_messages=x")
+    with pytest.raises(ConfigurationError, match="retention_messages must be a whole number"):
+        open_bus("memory://?retention_messages=0")
+
+
+def test_a_long_run_in_one_process_decides_the_same_and_keeps_what_it_was_told() -> None:
+    requests = list(TrafficGenerator(customers=50, seed=7).requests(3000))
+
+    def run(bus: MemoryBus) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+        with Pipeline(bus, MemoryTwinStore(), batch_size=50) as pipeline:
+            for start in range(0, len(requests), 50):
+                pipeline.submit_many(requests[start : start + 50])
+                pipeline.drain()
+            decisions = {path: dict(c) for path, c in pipeline.decisions.items()}
+            return decisions, dict(pipeline.alerts)
+
+    everything, bounded = MemoryBus(), MemoryBus(retention_messages=100)
+    assert run(bounded) == run(everything)
+    assert len(everything.messages(LIVE_OUTCOME)) == 3000
+    for topic in bounded.topics():
+        for p in range(bounded.partitions):
+            assert len(bounded.replay(topic, [p])) < 200, (topic, p)
+    assert 0 < len(bounded.messages(LIVE_OUTCOME)) < 4 * 200
