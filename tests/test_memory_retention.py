@@ -64,20 +64,55 @@ def test_a_group_behind_the_retention_reads_on_from_the_oldest_kept(
 ) -> None:
     bus = MemoryBus(partitions=1, retention_messages=2)
     consumer = bus.consumer("late", ["payments"])
-    _fill(bus, 4)  # offsets 0-3, then only 2 and 3 are kept
+    bus.publish("payments", "customer-1", b"first", partition=0)
+    assert [m.value for m in consumer.poll(max_records=1, timeout=0)] == [b"first"]
+    consumer.commit()
+    _fill(bus, 3, first=1)  # offsets 1-3, then only 2 and 3 are kept
     assert consumer.lag() == {TopicPartition("payments", 0): 2}
     assert bus.lag("late", "payments") == 2
     with caplog.at_level(logging.WARNING, logger="corepay.backends.memory"):
         got = consumer.poll(max_records=10, timeout=0)
     assert [(m.offset, m.value) for m in got] == [(2, b"m2"), (3, b"m3")]
     (record,) = caplog.records
-    assert "payments[0] dropped offsets 0-1 before they were read" in record.getMessage()
+    assert record.levelno == logging.WARNING
+    assert "payments[0] dropped offset 1 before it was read" in record.getMessage()
     assert "retention is 2 messages a partition" in record.getMessage()
     assert "reading on from 2" in record.getMessage()
     consumer.commit()
     assert bus.committed("late") == {TopicPartition("payments", 0): 4}
     assert bus.lag("late", "payments") == 0
     consumer.close()
+
+
+def test_a_new_group_starts_at_the_oldest_kept_without_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = MemoryBus(partitions=1, retention_messages=2)
+    committed_at_zero = bus.consumer("committed-at-0", ["payments"])
+    committed_at_zero.commit()  # where it stands: offset 0, before anything was published
+    _fill(bus, 4)
+    consumer = bus.consumer("new", ["payments"])
+    with caplog.at_level(logging.INFO, logger="corepay.backends.memory"):
+        got = consumer.poll(max_records=10, timeout=0)
+    assert [m.offset for m in got] == [2, 3]
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "payments[0] starts at offset 2, the oldest message kept" in caplog.text
+    # Fallen behind again, by more than one message this time.
+    _fill(bus, 4, first=4)  # offsets 4-7: at 8 messages held, down to 6 and 7
+    with caplog.at_level(logging.INFO, logger="corepay.backends.memory"):
+        assert [m.offset for m in consumer.poll(max_records=10, timeout=0)] == [6, 7]
+    assert (
+        "payments[0] dropped offsets 4-5 before they were read" in caplog.records[-1].getMessage()
+    )
+    consumer.close()
+    # A group that committed offset 0 did mean to read from there: it is told what it missed.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="corepay.backends.memory"):
+        assert [m.offset for m in committed_at_zero.poll(max_records=10, timeout=0)] == [6, 7]
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "payments[0] dropped offsets 0-5 before they were read" in record.getMessage()
+    committed_at_zero.close()
 
 
 def test_replay_since_a_time_sees_only_what_is_kept() -> None:

@@ -390,16 +390,32 @@ class MemoryConsumer(Consumer):
 
     def _skip_dropped(self, tp: TopicPartition, position: int, start: int) -> None:
         # Kafka's answer to a position retention has dropped (auto.offset.reset=earliest, as
-        # CorePay's Kafka consumers have it): read on from the oldest message kept.
+        # CorePay's Kafka consumers have it): read on from the oldest message kept. A group
+        # that never committed there and has read nothing of it yet just starts there.
+        if position == 0 and tp not in self._bus._groups[self.group].committed:
+            logger.info(
+                "%s of group %s: %s[%d] starts at offset %d, the oldest message kept",
+                self.member_id,
+                self.group,
+                tp.topic,
+                tp.partition,
+                start,
+                extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
+            )
+            return
+        dropped = (
+            f"offset {position} before it was"
+            if position == start - 1
+            else f"offsets {position}-{start - 1} before they were"
+        )
         logger.warning(
-            "%s of group %s: %s[%d] dropped offsets %d-%d before they were read (the bus's "
-            "retention is %s messages a partition); reading on from %d",
+            "%s of group %s: %s[%d] dropped %s read (the bus's retention is %s messages a "
+            "partition); reading on from %d",
             self.member_id,
             self.group,
             tp.topic,
             tp.partition,
-            position,
-            start - 1,
+            dropped,
             self._bus.retention_messages,
             start,
             extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
