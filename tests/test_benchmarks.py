@@ -94,3 +94,27 @@ def test_repeat_must_be_at_least_one(capsys: pytest.CaptureFixture[str]) -> None
         run.main(["--repeat", "0"])
     assert exited.value.code == 2
     assert "--repeat must be at least 1, not 0" in capsys.readouterr().err
+
+
+def test_the_in_process_benchmarks_run_and_agree_with_each_other() -> None:
+    # Small, so that the suite notices when the benchmarks no longer run against the code
+    # they measure; their speed is for benchmarks.run to print, not for a test to assert.
+    pipeline = run.in_process(2_000, 100, 50)
+    bare = run.baseline_python(2_000, 100, 50)
+    assert (pipeline["transactions"], pipeline["batch_size"]) == (2_000, 50)
+    assert pipeline["tps"] > 0 and bare["tps"] > 0
+    assert 0 < pipeline["latency_ms"]["p50"] <= pipeline["latency_ms"]["p99"]
+    # The same payments through the pipeline and through the bare loop diverge about as
+    # often (not exactly: the pipeline also tells stale twins and gateway errors apart).
+    assert pipeline["divergences"] > 20
+    assert abs(pipeline["divergences"] - bare["divergences"]) <= 0.1 * bare["divergences"]
+
+
+def test_the_memory_benchmarks_run() -> None:
+    memory = run.memory(customers=50, per_customer=20, pending=500)
+    assert memory["twins"] == 50 and memory["detector_pending"] == 500
+    assert 1_000 < memory["bytes_per_twin_in_memory"] < 20_000
+    assert 500 < memory["bytes_per_twin_document"] < memory["bytes_per_twin_in_memory"]
+    assert 200 < memory["bytes_per_pending_transaction"] < 10_000
+    long_run = run.detector_long_run(1_000)
+    assert long_run["pairs"] == 4_000 and long_run["us_per_pair_last"] > 0
