@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -84,41 +85,72 @@ def test_a_group_behind_the_retention_reads_on_from_the_oldest_kept(
     consumer.close()
 
 
-def test_a_new_group_starts_at_the_oldest_kept_without_a_warning(
+def test_a_new_group_is_told_what_it_will_never_read(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     bus = MemoryBus(partitions=1, retention_messages=2)
-    committed_at_zero = bus.consumer("committed-at-0", ["payments"])
-    committed_at_zero.commit()  # where it stands: offset 0, before anything was published
     _fill(bus, 4)
     consumer = bus.consumer("new", ["payments"])
     with caplog.at_level(logging.INFO, logger="corepay.backends.memory"):
         got = consumer.poll(max_records=10, timeout=0)
     assert [m.offset for m in got] == [2, 3]
-    assert [r.levelno for r in caplog.records] == [logging.INFO]
-    assert "payments[0] starts at offset 2, the oldest message kept" in caplog.text
-    # Fallen behind again, by more than one message this time.
-    _fill(bus, 4, first=4)  # offsets 4-7: at 8 messages held, down to 6 and 7
-    with caplog.at_level(logging.INFO, logger="corepay.backends.memory"):
-        assert [m.offset for m in consumer.poll(max_records=10, timeout=0)] == [6, 7]
-    assert (
-        "payments[0] dropped offsets 4-5 before they were read" in caplog.records[-1].getMessage()
-    )
-    consumer.close()
-    # A group that committed offset 0 did mean to read from there: it is told what it missed.
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="corepay.backends.memory"):
-        assert [m.offset for m in committed_at_zero.poll(max_records=10, timeout=0)] == [6, 7]
     (record,) = caplog.records
     assert record.levelno == logging.WARNING
-    assert "payments[0] dropped offsets 0-5 before they were read" in record.getMessage()
-    committed_at_zero.close()
+    assert "payments[0] dropped offsets 0-1 before they were read" in record.getMessage()
+    consumer.close()
 
 
-def test_replay_since_a_time_sees_only_what_is_kept() -> None:
+def test_a_member_that_read_but_did_not_commit_leaves_its_group_warned(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     bus = MemoryBus(partitions=1, retention_messages=2)
-    _fill(bus, 4)
-    assert [m.value for m in bus.replay("payments", [0], since_ms=1)] == [b"m2", b"m3"]
+    first = bus.consumer("group", ["payments"])
+    _fill(bus, 2)
+    assert [m.offset for m in first.poll(max_records=10, timeout=0)] == [0, 1]
+    first.close()  # before it committed: offsets 0 and 1 are the group's to read again
+    _fill(bus, 4, first=2)  # offsets 2-5, then only 4 and 5 are kept
+    second = bus.consumer("group", ["payments"])
+    with caplog.at_level(logging.INFO, logger="corepay.backends.memory"):
+        assert [m.offset for m in second.poll(max_records=10, timeout=0)] == [4, 5]
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert "payments[0] dropped offsets 0-3 before they were read" in record.getMessage()
+    second.close()
+
+
+def test_a_group_that_keeps_up_reads_everything_and_is_told_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bus = MemoryBus(partitions=1, retention_messages=2)
+    consumer = bus.consumer("keeps-up", ["payments"])
+    read = []
+    with caplog.at_level(logging.DEBUG, logger="corepay.backends.memory"):
+        for i in range(0, 12, 2):
+            # Two at a time: the second drops the two before them, so the group stands at the
+            # oldest message kept, not past it.
+            _fill(bus, 2, first=i)
+            read += [m.value for m in consumer.poll(max_records=10, timeout=0)]
+            consumer.commit()
+    assert read == [f"m{i}".encode() for i in range(12)]
+    assert bus.replay("payments", [0])[0].offset > 0  # retention did drop messages meanwhile
+    assert caplog.records == []
+    consumer.close()
+
+
+def test_replay_since_a_time_sees_only_what_is_kept_and_new_enough() -> None:
+    bus = MemoryBus(partitions=1, retention_messages=3)
+    _fill(bus, 5)  # offsets 0-4, all kept
+    assert [m.value for m in bus.replay("payments", [0], since_ms=1)] == [
+        f"m{i}".encode() for i in range(5)
+    ]
+    time.sleep(0.005)
+    since_ms = int(time.time() * 1000)
+    time.sleep(0.005)
+    _fill(bus, 1, first=5)  # six: down to offsets 3-5
+    assert [m.offset for m in bus.replay("payments", [0])] == [3, 4, 5]
+    assert [(m.offset, m.value) for m in bus.replay("payments", [0], since_ms=since_ms)] == [
+        (5, b"m5")
+    ]
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "3", True])

@@ -390,19 +390,10 @@ class MemoryConsumer(Consumer):
 
     def _skip_dropped(self, tp: TopicPartition, position: int, start: int) -> None:
         # Kafka's answer to a position retention has dropped (auto.offset.reset=earliest, as
-        # CorePay's Kafka consumers have it): read on from the oldest message kept. A group
-        # that never committed there and has read nothing of it yet just starts there.
-        if position == 0 and tp not in self._bus._groups[self.group].committed:
-            logger.info(
-                "%s of group %s: %s[%d] starts at offset %d, the oldest message kept",
-                self.member_id,
-                self.group,
-                tp.topic,
-                tp.partition,
-                start,
-                extra={"topic": tp.topic, "partition": tp.partition, "offset": start},
-            )
-            return
+        # CorePay's Kafka consumers have it): read on from the oldest message kept. What was
+        # dropped from the position on, no one in the group committed and this member did not
+        # read (a member that once read some of it left before committing): the group has
+        # missed it, and is told so, a group new to the partition too.
         dropped = (
             f"offset {position} before it was"
             if position == start - 1
